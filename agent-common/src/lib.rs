@@ -1,0 +1,62 @@
+//! Types shared by the eBPF programs and the agent.
+//!
+//! Everything here is `#[repr(C)]` and `no_std`: the kernel side writes these
+//! records into ring buffers and the agent reads them back byte for byte.
+#![no_std]
+
+/// Capacity of the path carried by a cgroup event. Kubernetes paths are
+/// about 200 bytes; longer paths are truncated and flagged, and the periodic
+/// walk repairs them.
+pub const CGROUP_PATH_CAP: usize = 1024;
+
+/// A cgroup directory was created.
+pub const CGROUP_EVENT_MKDIR: u32 = 1;
+/// A cgroup directory was removed.
+pub const CGROUP_EVENT_RMDIR: u32 = 2;
+
+/// Flag: the path did not fit into [`CGROUP_PATH_CAP`] bytes.
+pub const CGROUP_EVENT_FLAG_TRUNCATED: u32 = 1;
+
+/// One `cgroup:cgroup_mkdir` / `cgroup:cgroup_rmdir` tracepoint hit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupEvent {
+    /// [`CGROUP_EVENT_MKDIR`] or [`CGROUP_EVENT_RMDIR`].
+    pub kind: u32,
+    /// Hierarchy id: 0 for cgroup2, otherwise the v1 hierarchy number.
+    pub hierarchy: u32,
+    /// Depth below the hierarchy root (the root is 0).
+    pub level: u32,
+    /// Bytes of `path` that are valid (without the terminating NUL).
+    pub path_len: u32,
+    /// Kernfs id of the directory (its inode number).
+    pub id: u64,
+    /// `bpf_ktime_get_boot_ns()` at the event.
+    pub boot_ns: u64,
+    /// [`CGROUP_EVENT_FLAG_TRUNCATED`] and friends.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Path relative to the hierarchy root, e.g. `/kubepods/pod…/…`.
+    pub path: [u8; CGROUP_PATH_CAP],
+}
+
+/// Indices into the per-CPU `COUNTERS` array map.
+pub mod counter {
+    pub const MKDIR_EVENTS: u32 = 0;
+    pub const RMDIR_EVENTS: u32 = 1;
+    /// A ring-buffer reservation failed: the event was lost in the kernel.
+    pub const CGROUP_RINGBUF_DROPS: u32 = 2;
+    /// A tracepoint field could not be read.
+    pub const CGROUP_READ_ERRORS: u32 = 3;
+    pub const OOM_EVENTS: u32 = 4;
+    pub const OOM_RINGBUF_DROPS: u32 = 5;
+    pub const OOM_READ_ERRORS: u32 = 6;
+    /// Number of slots in the map.
+    pub const LEN: u32 = 8;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain old data, every bit pattern is valid.
+    unsafe impl aya::Pod for super::CgroupEvent {}
+}

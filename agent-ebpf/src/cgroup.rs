@@ -1,0 +1,116 @@
+//! `cgroup:cgroup_mkdir` and `cgroup:cgroup_rmdir` into one ring buffer.
+
+use agent_common::{
+    CGROUP_EVENT_FLAG_TRUNCATED, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RMDIR, CGROUP_PATH_CAP,
+    CgroupEvent, counter,
+};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
+    macros::{map, tracepoint},
+    maps::{PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+
+/// Sized by the agent at load time (`map_max_entries`).
+#[map]
+static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+// Record layout of the cgroup event class, overridden from tracefs. The
+// defaults are the 5.x+ layout and are never relied upon.
+#[unsafe(no_mangle)]
+static CG_ROOT_OFF: u32 = 8;
+#[unsafe(no_mangle)]
+static CG_LEVEL_OFF: u32 = 12;
+#[unsafe(no_mangle)]
+static CG_ID_OFF: u32 = 16;
+#[unsafe(no_mangle)]
+static CG_ID_SIZE: u32 = 8;
+#[unsafe(no_mangle)]
+static CG_PATH_OFF: u32 = 24;
+
+#[inline(always)]
+fn global(v: &'static u32) -> u32 {
+    // Volatile so the compiler cannot fold the default into the code.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[inline(always)]
+pub(crate) fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = map.get_ptr_mut(index) {
+        unsafe { *slot += 1 };
+    }
+}
+
+#[tracepoint]
+pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+    bump(&COUNTERS, counter::MKDIR_EVENTS);
+    emit(&ctx, CGROUP_EVENT_MKDIR);
+    0
+}
+
+#[tracepoint]
+pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
+    bump(&COUNTERS, counter::RMDIR_EVENTS);
+    emit(&ctx, CGROUP_EVENT_RMDIR);
+    0
+}
+
+#[inline(always)]
+fn emit(ctx: &TracePointContext, kind: u32) {
+    // The record is larger than the 512-byte stack: fill it in place.
+    let Some(mut entry) = CGROUP_EVENTS.reserve::<CgroupEvent>(0) else {
+        bump(&COUNTERS, counter::CGROUP_RINGBUF_DROPS);
+        return;
+    };
+    if fill(ctx, kind, entry.as_mut_ptr()).is_ok() {
+        entry.submit(0);
+    } else {
+        entry.discard(0);
+        bump(&COUNTERS, counter::CGROUP_READ_ERRORS);
+    }
+}
+
+#[inline(always)]
+fn fill(ctx: &TracePointContext, kind: u32, ev: *mut CgroupEvent) -> Result<(), i32> {
+    let root: i32 = unsafe { ctx.read_at(global(&CG_ROOT_OFF) as usize)? };
+    let level: i32 = unsafe { ctx.read_at(global(&CG_LEVEL_OFF) as usize)? };
+    let id: u64 = if global(&CG_ID_SIZE) == 8 {
+        unsafe { ctx.read_at(global(&CG_ID_OFF) as usize)? }
+    } else {
+        u64::from(unsafe { ctx.read_at::<u32>(global(&CG_ID_OFF) as usize)? })
+    };
+    // __data_loc: low 16 bits offset from the record start, high 16 length
+    // (including the NUL).
+    let loc: u32 = unsafe { ctx.read_at(global(&CG_PATH_OFF) as usize)? };
+    let (off, len) = ((loc & 0xffff) as usize, (loc >> 16) as usize);
+    let mut flags = 0;
+    let mut n = len;
+    if n > CGROUP_PATH_CAP - 1 {
+        n = CGROUP_PATH_CAP - 1;
+        flags |= CGROUP_EVENT_FLAG_TRUNCATED;
+    }
+    // The mask is a no-op after the clamp but proves the bound to the
+    // verifier.
+    let n = n & (CGROUP_PATH_CAP - 1);
+    unsafe {
+        (*ev).kind = kind;
+        (*ev).hierarchy = root as u32;
+        (*ev).level = level as u32;
+        (*ev).id = id;
+        (*ev).boot_ns = bpf_ktime_get_boot_ns();
+        (*ev).flags = flags;
+        (*ev)._pad = 0;
+        (*ev).path_len = n as u32;
+        let src = (ctx.as_ptr() as *const u8).add(off);
+        let dst = core::ptr::addr_of_mut!((*ev).path) as *mut core::ffi::c_void;
+        let rc = bpf_probe_read_kernel(dst, n as u32, src as *const core::ffi::c_void);
+        if rc != 0 {
+            return Err(rc as i32);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Command line.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "cgscope",
+    version,
+    about = "Per-cgroup CPU, memory, I/O, network, process and OOM metrics as OpenMetrics",
+    long_about = None
+)]
+pub struct Config {
+    /// Address of the HTTP server (/metrics, /healthz).
+    #[arg(long, env = "CGSCOPE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing's EnvFilter syntax, e.g. `info,cgscope=debug`).
+    #[arg(long, env = "CGSCOPE_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// How cgroups are discovered: eBPF tracepoints, inotify, or eBPF when it
+    /// loads and inotify otherwise.
+    #[arg(long, value_enum, default_value_t = DiscoveryMode::Auto)]
+    pub discovery: DiscoveryMode,
+
+    /// How often machine information is re-read.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub update_machine_info_interval: Duration,
+
+    /// Where procfs is mounted (`/host/proc` in a container).
+    #[arg(long, default_value = "/proc")]
+    pub proc_root: PathBuf,
+
+    /// Where sysfs is mounted.
+    #[arg(long, default_value = "/sys")]
+    pub sys_root: PathBuf,
+
+    /// Files to read the machine id from, first one found wins.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "/etc/machine-id,/var/lib/dbus/machine-id"
+    )]
+    pub machine_id_file: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiscoveryMode {
+    Auto,
+    Ebpf,
+    Inotify,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_cadvisor() {
+        let c = Config::try_parse_from(["cgscope"]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.update_machine_info_interval, Duration::from_secs(300));
+        assert_eq!(c.discovery, DiscoveryMode::Auto);
+    }
+
+    #[test]
+    fn durations_and_modes_parse() {
+        let c = Config::try_parse_from([
+            "cgscope",
+            "--update-machine-info-interval",
+            "90s",
+            "--discovery",
+            "inotify",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(c.update_machine_info_interval, Duration::from_secs(90));
+        assert_eq!(c.discovery, DiscoveryMode::Inotify);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(Config::try_parse_from(["cgscope", "--discovery", "magic"]).is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! The HTTP server: `/metrics` with content negotiation, `/healthz`.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    extract::State,
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use prometheus_client::{
+    encoding::{prometheus_text, text},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    PrometheusText,
+}
+
+impl Format {
+    /// OpenMetrics when the scraper lists it in `Accept` (Prometheus does,
+    /// with a higher q than text/plain), the 0.0.4 text format otherwise.
+    pub fn negotiate(headers: &HeaderMap) -> Self {
+        let accepts_om = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|item| {
+                let mut parts = item.split(';').map(str::trim);
+                let media = parts.next().unwrap_or_default();
+                let q_zero = parts.any(|p| p.replace(' ', "") == "q=0");
+                media.eq_ignore_ascii_case("application/openmetrics-text") && !q_zero
+            });
+        if accepts_om {
+            Self::OpenMetrics
+        } else {
+            Self::PrometheusText
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+            Self::PrometheusText => prometheus_text::CONTENT_TYPE,
+        }
+    }
+}
+
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(registry)
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(registry))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+async fn healthz() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok")
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
+    let format = Format::negotiate(&headers);
+    let mut body = String::with_capacity(64 * 1024);
+    let encoded = match format {
+        Format::OpenMetrics => text::encode(&mut body, &registry),
+        Format::PrometheusText => prometheus_text::encode(&mut body, &registry),
+    };
+    if encoded.is_err() {
+        tracing::error!("encoding /metrics failed");
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        )
+            .into_response();
+    }
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn negotiation() {
+        // What Prometheus 2.42 sends.
+        let prom = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(&accept(prom)), Format::OpenMetrics);
+        assert_eq!(
+            Format::negotiate(&accept("text/plain")),
+            Format::PrometheusText
+        );
+        assert_eq!(Format::negotiate(&HeaderMap::new()), Format::PrometheusText);
+        assert_eq!(
+            Format::negotiate(&accept("application/openmetrics-text; q=0, text/plain")),
+            Format::PrometheusText
+        );
+    }
+}

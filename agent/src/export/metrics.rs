@@ -1,0 +1,229 @@
+//! The scrape-time collector: every family is encoded from the agent's state
+//! when Prometheus asks, so nothing per container outlives its state.
+
+use std::{fmt, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder},
+    metrics::MetricType,
+    registry::{Registry, Unit},
+};
+use tokio::sync::watch;
+
+use crate::{machine::MachineInfo, status::Status};
+
+pub(crate) const NO_LABELS: [(&str, &str); 0] = [];
+
+/// Inputs of the collector; each is owned and updated by its own task.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub machine: watch::Receiver<Option<Arc<MachineInfo>>>,
+    pub status: Arc<Status>,
+}
+
+#[derive(Debug)]
+pub struct AgentCollector {
+    sources: Sources,
+}
+
+pub fn registry(sources: Sources) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(AgentCollector { sources }));
+    registry
+}
+
+/// Writes one family: one descriptor, then its rows.
+pub(crate) struct Family<'a> {
+    enc: MetricEncoder<'a>,
+}
+
+impl<'a> Family<'a> {
+    pub fn new(
+        encoder: &'a mut DescriptorEncoder<'_>,
+        name: &'a str,
+        help: &str,
+        unit: Option<&'a Unit>,
+        ty: MetricType,
+    ) -> Result<Self, fmt::Error> {
+        Ok(Self {
+            enc: encoder.encode_descriptor(name, help, unit, ty)?,
+        })
+    }
+
+    pub fn gauge<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue>(
+        &mut self,
+        labels: &L,
+        value: V,
+    ) -> fmt::Result {
+        self.enc.encode_family(labels)?.encode_gauge(&value)
+    }
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let machine = self.sources.machine.borrow().clone();
+        encode_machine(&mut encoder, machine.as_deref())?;
+        encode_status(&mut encoder, &self.sources.status)
+    }
+}
+
+fn encode_machine(encoder: &mut DescriptorEncoder, machine: Option<&MachineInfo>) -> fmt::Result {
+    let mut err = Family::new(
+        encoder,
+        "machine_scrape_error",
+        "1 if there was an error while getting machine metrics, 0 otherwise.",
+        None,
+        MetricType::Gauge,
+    )?;
+    err.gauge(&NO_LABELS, i64::from(machine.is_none()))?;
+    let Some(m) = machine else { return Ok(()) };
+    // cAdvisor's base labels, in its (sorted) order.
+    let labels = [
+        ("boot_id", m.boot_id.as_str()),
+        ("machine_id", m.machine_id.as_str()),
+        ("system_uuid", m.system_uuid.as_str()),
+    ];
+    let rows: [(&str, &str, u64); 5] = [
+        (
+            "machine_cpu_cores",
+            "Number of logical CPU cores.",
+            m.num_cores,
+        ),
+        (
+            "machine_cpu_physical_cores",
+            "Number of physical CPU cores.",
+            m.num_physical_cores,
+        ),
+        (
+            "machine_cpu_sockets",
+            "Number of CPU sockets.",
+            m.num_sockets,
+        ),
+        (
+            "machine_memory_bytes",
+            "Amount of memory installed on the machine.",
+            m.memory_capacity,
+        ),
+        (
+            "machine_swap_bytes",
+            "Amount of swap memory available on the machine.",
+            m.swap_capacity,
+        ),
+    ];
+    for (name, help, value) in rows {
+        Family::new(encoder, name, help, None, MetricType::Gauge)?.gauge(&labels, value)?;
+    }
+    Ok(())
+}
+
+fn encode_status(encoder: &mut DescriptorEncoder, status: &Status) -> fmt::Result {
+    let mut build = Family::new(
+        encoder,
+        "cgscope_build_info",
+        "A metric with a constant '1' value labeled by version and whether the eBPF object is embedded.",
+        None,
+        MetricType::Gauge,
+    )?;
+    let ebpf = if crate::ebpf::embedded_object().is_some() {
+        "true"
+    } else {
+        "false"
+    };
+    build.gauge(
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("ebpf_object", ebpf),
+        ],
+        1,
+    )?;
+
+    let mut mode = Family::new(
+        encoder,
+        "cgscope_mode",
+        "1 for the mode each subsystem runs in, 0 for the modes it could run in but does not.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for m in &status.modes {
+        for choice in m.choices {
+            mode.gauge(
+                &[("subsystem", m.subsystem), ("mode", choice)],
+                i64::from(*choice == m.active),
+            )?;
+        }
+    }
+    let mut progs = Family::new(
+        encoder,
+        "cgscope_ebpf_programs_attached",
+        "Number of eBPF programs the agent has attached.",
+        None,
+        MetricType::Gauge,
+    )?;
+    progs.gauge(&NO_LABELS, status.ebpf_programs.len() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::{prometheus_text, text};
+
+    use super::*;
+    use crate::status::{Mode, DISCOVERY_MODES};
+
+    fn sources(machine: Option<MachineInfo>) -> Sources {
+        let (_tx, rx) = watch::channel(machine.map(Arc::new));
+        Sources {
+            machine: rx,
+            status: Arc::new(Status {
+                modes: vec![Mode {
+                    subsystem: "discovery",
+                    active: "inotify",
+                    choices: DISCOVERY_MODES,
+                }],
+                ebpf_programs: vec![],
+            }),
+        }
+    }
+
+    fn machine() -> MachineInfo {
+        MachineInfo {
+            num_cores: 8,
+            num_physical_cores: 4,
+            num_sockets: 1,
+            memory_capacity: 1 << 30,
+            swap_capacity: 0,
+            machine_id: "m\"id".into(),
+            system_uuid: "uuid".into(),
+            boot_id: "boot".into(),
+        }
+    }
+
+    #[test]
+    fn openmetrics_output() {
+        let mut out = String::new();
+        text::encode(&mut out, &registry(sources(Some(machine())))).unwrap();
+        assert!(out.contains(
+            "# HELP machine_cpu_cores Number of logical CPU cores.\n# TYPE machine_cpu_cores gauge\n\
+             machine_cpu_cores{boot_id=\"boot\",machine_id=\"m\\\"id\",system_uuid=\"uuid\"} 8\n"
+        ), "{out}");
+        assert!(out.contains("machine_scrape_error 0\n"), "{out}");
+        assert!(
+            out.contains("cgscope_mode{subsystem=\"discovery\",mode=\"inotify\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("cgscope_mode{subsystem=\"discovery\",mode=\"ebpf\"} 0\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn prometheus_text_output_and_missing_machine() {
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &registry(sources(None))).unwrap();
+        assert!(out.contains("machine_scrape_error 1\n"), "{out}");
+        assert!(!out.contains("machine_cpu_cores"), "{out}");
+        assert!(!out.contains("# EOF"));
+    }
+}

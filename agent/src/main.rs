@@ -1,0 +1,167 @@
+//! cgscope: per-cgroup resource usage and OOM kills, served as OpenMetrics.
+
+mod config;
+mod ebpf;
+mod export;
+mod machine;
+mod status;
+
+use std::{io::IsTerminal as _, sync::Arc, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser as _;
+use tokio::{signal::unix::SignalKind, sync::watch};
+use tracing_subscriber::{fmt, EnvFilter};
+
+use crate::{
+    config::{Config, DiscoveryMode, LogFormat},
+    ebpf::Kernel,
+    export::metrics::Sources,
+    machine::{MachineInfo, MachinePaths},
+    status::{Mode, Status, DISCOVERY_MODES},
+};
+
+fn main() -> Result<()> {
+    let config = Config::parse();
+    init_logging(&config)?;
+    tokio::runtime::Builder::new_multi_thread()
+        // A node agent: two workers are plenty, file reads go to the
+        // blocking pool.
+        .worker_threads(2)
+        .thread_name("cgscope")
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run(config))
+}
+
+fn init_logging(config: &Config) -> Result<()> {
+    let filter = EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("bad --log-level {:?}", config.log_level))?;
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("initialising logging: {e}"))
+}
+
+async fn run(config: Config) -> Result<()> {
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), listen = %config.listen, "starting cgscope");
+    let (kernel, discovery) = start_ebpf(&config)?;
+    let status = Arc::new(Status {
+        modes: vec![Mode {
+            subsystem: "discovery",
+            active: discovery,
+            choices: DISCOVERY_MODES,
+        }],
+        ebpf_programs: kernel
+            .as_ref()
+            .map(|k| k.attached().to_vec())
+            .unwrap_or_default(),
+    });
+    tracing::info!(discovery, "modes chosen");
+
+    let machine_rx = spawn_machine_refresh(&config);
+    let registry = Arc::new(export::metrics::registry(Sources {
+        machine: machine_rx,
+        status,
+    }));
+
+    let listener = export::http::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+    export::http::serve(listener, registry, shutdown_signal())
+        .await
+        .context("HTTP server")?;
+
+    drop(kernel);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads the eBPF object when the discovery mode asks for it. In `auto`, any
+/// failure falls back with one log line; an explicit `ebpf` fails the start.
+fn start_ebpf(config: &Config) -> Result<(Option<Kernel>, &'static str)> {
+    if config.discovery == DiscoveryMode::Inotify {
+        return Ok((None, "inotify"));
+    }
+    if ebpf::embedded_object().is_none() {
+        if config.discovery == DiscoveryMode::Ebpf {
+            bail!("--discovery ebpf: {}", ebpf::EbpfError::NoObject);
+        }
+        tracing::warn!(
+            "this cgscope was built without its eBPF object: running in fallback mode \
+             (inotify discovery); build it with `cargo xtask build-ebpf`"
+        );
+        return Ok((None, "inotify"));
+    }
+    ebpf::raise_memlock_rlimit();
+    let attached = Kernel::load().and_then(|mut k| {
+        k.attach_tracepoint("cgroup_mkdir", "cgroup", "cgroup_mkdir")?;
+        k.attach_tracepoint("cgroup_rmdir", "cgroup", "cgroup_rmdir")?;
+        Ok(k)
+    });
+    match (attached, config.discovery) {
+        (Ok(k), _) => Ok((Some(k), "ebpf")),
+        (Err(e), DiscoveryMode::Ebpf) => Err(e).context("--discovery ebpf"),
+        (Err(e), _) => {
+            tracing::warn!(error = %e, "eBPF not available: falling back to inotify discovery");
+            Ok((None, "inotify"))
+        }
+    }
+}
+
+fn spawn_machine_refresh(config: &Config) -> watch::Receiver<Option<Arc<MachineInfo>>> {
+    let paths = MachinePaths::new(
+        &config.proc_root,
+        &config.sys_root,
+        config.machine_id_file.clone(),
+    );
+    let every = config
+        .update_machine_info_interval
+        .max(Duration::from_secs(1));
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            let p = paths.clone();
+            let read = tokio::task::spawn_blocking(move || MachineInfo::read(&p)).await;
+            match read {
+                Ok(Ok(info)) => {
+                    failing = false;
+                    tx.send_replace(Some(Arc::new(info)));
+                }
+                Ok(Err(e)) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "reading machine information failed");
+                    }
+                    failing = true;
+                    tx.send_replace(None);
+                }
+                Err(e) => tracing::error!(error = %e, "machine information task panicked"),
+            }
+        }
+    });
+    rx
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}

@@ -1,0 +1,270 @@
+//! Helpers for the end-to-end tests in `tests/tests/`: start the real
+//! `cgscope` binary, scrape it, and gate tests on the privileges they need.
+
+use std::{
+    fs,
+    io::Read as _,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// The binary under test: `CGSCOPE_BIN` (set by `cargo xtask test`) or the
+/// workspace's debug build.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("CGSCOPE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/cgscope"))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether a missing privilege must fail the test instead of skipping it
+/// (CI runs as root and sets this, so nothing passes by skipping there).
+pub fn strict() -> bool {
+    std::env::var_os("CGSCOPE_TEST_STRICT").is_some_and(|v| v != "0")
+}
+
+/// Returns false (after saying so) when the test cannot run here.
+#[must_use]
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        !strict(),
+        "{test} needs root and CGSCOPE_TEST_STRICT is set"
+    );
+    eprintln!("SKIPPED {test}: needs root (run `cargo xtask test` as root)");
+    false
+}
+
+/// Whether the eBPF object must have loaded (set by `cargo xtask test`, which
+/// builds it first).
+pub fn expect_ebpf() -> bool {
+    std::env::var_os("CGSCOPE_EXPECT_EBPF").is_some_and(|v| v != "0")
+}
+
+pub fn online_cpus() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) as u64 }
+}
+
+/// A running agent, stopped with SIGTERM when dropped.
+pub struct Agent {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_bin(&agent_bin(), args)
+    }
+
+    pub fn start_bin(bin: &Path, args: &[&str]) -> Self {
+        assert!(
+            bin.is_file(),
+            "{} is missing: run `cargo xtask test`",
+            bin.display()
+        );
+        let port = free_port();
+        let dir = tempfile::Builder::new()
+            .prefix("cgscope-e2e")
+            .tempdir()
+            .unwrap();
+        let log = dir.path().join("agent.log");
+        let child = Command::new(bin)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--log-format",
+                "json",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let mut agent = Self {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
+        agent.wait_healthy(Duration::from_secs(30));
+        agent
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("cgscope exited early ({status}):\n{}", self.log());
+            }
+            if let Ok(r) = self.get("/healthz", None) {
+                if r.status == 200 && r.body == "ok" {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "cgscope not healthy after {timeout:?}:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn get(&self, path: &str, accept: Option<&str>) -> Result<Response, ureq::Error> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut req = agent.get(&self.url(path));
+        if let Some(a) = accept {
+            req = req.header("Accept", a);
+        }
+        let mut resp = req.call()?;
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let status = resp.status().as_u16();
+        let mut body = String::new();
+        resp.body_mut().as_reader().read_to_string(&mut body)?;
+        Ok(Response {
+            status,
+            content_type,
+            body,
+        })
+    }
+
+    /// `/metrics` in the Prometheus text format.
+    pub fn scrape(&self) -> Metrics {
+        let r = self.get("/metrics", None).expect("scrape");
+        assert_eq!(r.status, 200);
+        Metrics(r.body)
+    }
+
+    /// `/metrics` in OpenMetrics.
+    pub fn scrape_openmetrics(&self) -> Metrics {
+        let r = self
+            .get(
+                "/metrics",
+                Some("application/openmetrics-text;version=1.0.0"),
+            )
+            .expect("scrape");
+        assert_eq!(r.status, 200);
+        assert!(
+            r.content_type.starts_with("application/openmetrics-text"),
+            "{}",
+            r.content_type
+        );
+        Metrics(r.body)
+    }
+
+    /// Stops the agent with SIGTERM and returns its log.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        self.log()
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// A scraped exposition with small lookup helpers.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// Value of the first sample whose line starts with `series` followed by
+    /// a space or `{`, with every `(label, value)` of `labels` present.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples(name, labels).into_iter().next()
+    }
+
+    pub fn samples(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                let (label_part, value) = if let Some(r) = rest.strip_prefix('{') {
+                    let (ls, v) = r.rsplit_once('}')?;
+                    (ls, v)
+                } else if rest.starts_with(' ') {
+                    ("", rest)
+                } else {
+                    return None;
+                };
+                let ok = labels
+                    .iter()
+                    .all(|(k, v)| label_part.contains(&format!("{k}=\"{v}\"")));
+                ok.then(|| value.split_whitespace().next()?.parse().ok())?
+            })
+            .collect()
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A process-wide unique number, for names of things a test creates.
+pub fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    u64::from(nanos) << 16 | NEXT.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,117 @@
+//! The foundation: the real binary starts, serves both exposition formats,
+//! reports the machine correctly, and loads its eBPF object.
+
+use tests::{expect_ebpf, online_cpus, require_root, Agent};
+
+#[test]
+fn serves_healthz_and_both_formats() {
+    // Unprivileged runs work too: the agent falls back without BPF.
+    let agent = Agent::start(&["--discovery", "inotify"]);
+    let health = agent.get("/healthz", None).unwrap();
+    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+
+    let text = agent.get("/metrics", None).unwrap();
+    assert_eq!(
+        text.content_type,
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    assert!(!text.body.contains("# EOF"));
+
+    let om = agent.scrape_openmetrics();
+    assert!(om.0.ends_with("# EOF\n"), "OpenMetrics must end with # EOF");
+    for metrics in [&om, &tests::Metrics(text.body)] {
+        assert_eq!(
+            metrics.value("machine_cpu_cores", &[]),
+            Some(online_cpus() as f64)
+        );
+        assert_eq!(metrics.value("machine_scrape_error", &[]), Some(0.0));
+        assert!(metrics.value("machine_memory_bytes", &[]).unwrap() > 0.0);
+        assert_eq!(
+            metrics.value(
+                "cgscope_mode",
+                &[("subsystem", "discovery"), ("mode", "inotify")]
+            ),
+            Some(1.0)
+        );
+    }
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(om.0.contains(&format!("boot_id=\"{}\"", boot_id.trim())));
+
+    let missing = agent.get("/nope", None).unwrap();
+    assert_eq!(missing.status, 404);
+}
+
+#[test]
+fn loads_ebpf_and_detaches_on_sigterm() {
+    if !require_root("loads_ebpf_and_detaches_on_sigterm") {
+        return;
+    }
+    if !expect_ebpf() {
+        eprintln!("SKIPPED loads_ebpf_and_detaches_on_sigterm: CGSCOPE_EXPECT_EBPF is not set (run `cargo xtask test`)");
+        assert!(!tests::strict(), "strict runs must build the eBPF object");
+        return;
+    }
+    let agent = Agent::start(&["--discovery", "ebpf"]);
+    let m = agent.scrape_openmetrics();
+    assert_eq!(
+        m.value(
+            "cgscope_mode",
+            &[("subsystem", "discovery"), ("mode", "ebpf")]
+        ),
+        Some(1.0),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(m.value("cgscope_ebpf_programs_attached", &[]), Some(2.0));
+    assert_eq!(
+        m.value("cgscope_build_info", &[("ebpf_object", "true")]),
+        Some(1.0)
+    );
+    let log = agent.stop();
+    assert!(log.contains("attached eBPF program"), "{log}");
+    assert!(log.contains("detaching eBPF programs"), "{log}");
+    assert!(
+        log.contains("\"message\":\"stopped\""),
+        "graceful shutdown:\n{log}"
+    );
+}
+
+#[test]
+fn binary_without_ebpf_object_runs_in_fallback_mode() {
+    let Some(bin) = std::env::var_os("CGSCOPE_BIN_NO_EBPF") else {
+        eprintln!("SKIPPED binary_without_ebpf_object_runs_in_fallback_mode: CGSCOPE_BIN_NO_EBPF not set (run `cargo xtask test`)");
+        assert!(
+            !tests::strict(),
+            "strict runs must build the no-eBPF binary"
+        );
+        return;
+    };
+    let agent = Agent::start_bin(bin.as_ref(), &[]);
+    let m = agent.scrape();
+    assert_eq!(
+        m.value("cgscope_build_info", &[("ebpf_object", "false")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value(
+            "cgscope_mode",
+            &[("subsystem", "discovery"), ("mode", "inotify")]
+        ),
+        Some(1.0)
+    );
+    let log = agent.stop();
+    let lines: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("without its eBPF object"))
+        .collect();
+    assert_eq!(lines.len(), 1, "exactly one clear line:\n{log}");
+
+    // Asking for eBPF explicitly fails the start with the reason.
+    let out = std::process::Command::new(&bin)
+        .args(["--discovery", "ebpf", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cargo xtask build-ebpf"), "{err}");
+}

@@ -1,0 +1,55 @@
+//! Project tasks: `cargo xtask build-ebpf | run | test`.
+
+mod build_ebpf;
+mod cmd;
+mod run;
+mod test;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "cgscope's build, run and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the eBPF object (provisions rust-src and bpf-linker on first use).
+    BuildEbpf,
+    /// Build everything and start the agent (needs root for eBPF).
+    Run {
+        /// Build the agent without optimisations.
+        #[arg(long)]
+        debug: bool,
+        /// Arguments passed to `cgscope`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build everything and run every test: unit, eBPF and end-to-end.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().command {
+        Command::BuildEbpf => build_ebpf::run(&root).map(|_| ()),
+        Command::Run { debug, args } => run::run(&root, !debug, &args),
+        Command::Test { args } => test::run(&root, &args),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
