@@ -29,6 +29,30 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = DiscoveryMode::Auto)]
     pub discovery: DiscoveryMode,
 
+    /// How often every hierarchy is walked to repair what the event sources
+    /// missed (cAdvisor's global housekeeping).
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub global_housekeeping_interval: Duration,
+
+    /// How long a removed container's series stay scrapeable (its last
+    /// values and OOM count). Keep it above two scrape intervals.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub container_retention: Duration,
+
+    /// Only track cgroups under these path prefixes (comma separated; `/`
+    /// is always tracked). Empty: track every cgroup.
+    #[arg(long, value_delimiter = ',', default_value = "")]
+    pub raw_cgroup_prefix_whitelist: Vec<String>,
+
+    /// Events kept per type: `default=<n>,<type>=<n>` with types
+    /// containerCreation, containerDeletion, oom, oomKill; 0 stores none.
+    #[arg(long, default_value = "default=10000", value_parser = crate::events::parse_count_policy)]
+    pub event_storage_event_limit: crate::events::PerType<usize>,
+
+    /// Maximum age of stored events per type: `default=24h,oom=1h`.
+    #[arg(long, default_value = "default=24h", value_parser = crate::events::parse_age_policy)]
+    pub event_storage_age_limit: crate::events::PerType<Duration>,
+
     /// How often machine information is re-read.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub update_machine_info_interval: Duration,
@@ -80,6 +104,14 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.update_machine_info_interval, Duration::from_secs(300));
         assert_eq!(c.discovery, DiscoveryMode::Auto);
+        assert_eq!(c.global_housekeeping_interval, Duration::from_secs(60));
+        assert_eq!(c.container_retention, Duration::from_secs(120));
+        assert!(
+            crate::discovery::Filter::new(&c.raw_cgroup_prefix_whitelist)
+                .prefixes
+                .is_empty()
+        );
+        assert_eq!(c.event_storage_event_limit.default, 10_000);
     }
 
     #[test]

@@ -1,23 +1,35 @@
 //! cgscope: per-cgroup resource usage and OOM kills, served as OpenMetrics.
 
+mod cgroup;
 mod config;
+mod discovery;
 mod ebpf;
+mod errors;
+mod events;
 mod export;
 mod machine;
+mod registry;
 mod status;
 
 use std::{io::IsTerminal as _, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser as _;
-use tokio::{signal::unix::SignalKind, sync::watch};
+use tokio::{
+    signal::unix::SignalKind,
+    sync::{mpsc, watch, Notify},
+};
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::{
+    cgroup::hierarchy::Hierarchies,
     config::{Config, DiscoveryMode, LogFormat},
+    discovery::{DiscoveryStats, Filter},
     ebpf::Kernel,
+    events::EventStore,
     export::metrics::Sources,
     machine::{MachineInfo, MachinePaths},
+    registry::{Msg, Registry},
     status::{Mode, Status, DISCOVERY_MODES},
 };
 
@@ -51,7 +63,69 @@ fn init_logging(config: &Config) -> Result<()> {
 
 async fn run(config: Config) -> Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), listen = %config.listen, "starting cgscope");
-    let (kernel, discovery) = start_ebpf(&config)?;
+    let hierarchies = Arc::new(
+        Hierarchies::discover(std::path::Path::new("/proc"))
+            .context("finding cgroup hierarchies")?,
+    );
+    tracing::info!(
+        layout = ?hierarchies.layout(),
+        hierarchies = %hierarchies
+            .list
+            .iter()
+            .map(|h| format!("{}={}", h.id, h.mount.display()))
+            .collect::<Vec<_>>()
+            .join(" "),
+        "cgroup hierarchies"
+    );
+    let filter = Filter::new(&config.raw_cgroup_prefix_whitelist);
+    let stats = Arc::new(DiscoveryStats::default());
+    let events = EventStore::new(
+        config.event_storage_event_limit.clone(),
+        config.event_storage_age_limit.clone(),
+    )
+    .shared();
+    let (registry_tx, registry_rx) = mpsc::channel::<Msg>(4096);
+    let snapshot =
+        Registry::new(config.container_retention, events.clone(), stats.clone()).spawn(registry_rx);
+
+    let (mut kernel, discovery) = start_ebpf(&config)?;
+    let rescan = Arc::new(Notify::new());
+    let mut kernel_counters = None;
+    match kernel.as_mut() {
+        Some(k) => {
+            let ring = k.take_ring_buf("CGROUP_EVENTS")?;
+            kernel_counters = Some(Arc::new(k.take_counters()?));
+            tokio::spawn(discovery::ebpf::run(
+                ring,
+                hierarchies.clone(),
+                filter.clone(),
+                stats.clone(),
+                registry_tx.clone(),
+            ));
+        }
+        None => {
+            let (h, f, st) = (hierarchies.clone(), filter.clone(), stats.clone());
+            let watcher =
+                tokio::task::spawn_blocking(move || discovery::inotify::Watcher::new(h, f, st))
+                    .await?
+                    .context("starting inotify")?;
+            tracing::info!(
+                watches = watcher.watched(),
+                "inotify watching every cgroup directory"
+            );
+            tokio::spawn(watcher.run(registry_tx.clone(), rescan.clone()));
+        }
+    }
+    // The walk starts after the event source, so nothing falls in between.
+    spawn_walker(
+        &config,
+        hierarchies,
+        filter,
+        stats.clone(),
+        registry_tx,
+        rescan,
+    );
+
     let status = Arc::new(Status {
         modes: vec![Mode {
             subsystem: "discovery",
@@ -69,19 +143,64 @@ async fn run(config: Config) -> Result<()> {
     let registry = Arc::new(export::metrics::registry(Sources {
         machine: machine_rx,
         status,
+        registry: snapshot,
+        discovery: stats,
+        events: events.clone(),
+        kernel: kernel_counters,
     }));
 
     let listener = export::http::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
-    export::http::serve(listener, registry, shutdown_signal())
+    let state = export::http::AppState { registry, events };
+    export::http::serve(listener, state, shutdown_signal())
         .await
         .context("HTTP server")?;
 
     drop(kernel);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Walks every hierarchy now, every `--global-housekeeping-interval`, and
+/// whenever a source asks for a rescan (inotify overflow).
+fn spawn_walker(
+    config: &Config,
+    hierarchies: Arc<Hierarchies>,
+    filter: Filter,
+    stats: Arc<DiscoveryStats>,
+    tx: mpsc::Sender<Msg>,
+    rescan: Arc<Notify>,
+) {
+    let every = config
+        .global_housekeeping_interval
+        .max(Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = rescan.notified() => {}
+            }
+            let (h, f, st) = (hierarchies.clone(), filter.clone(), stats.clone());
+            let started = std::time::Instant::now();
+            let result =
+                match tokio::task::spawn_blocking(move || discovery::walk::walk(&h, &f, &st)).await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cgroup walk panicked");
+                        continue;
+                    }
+                };
+            tracing::debug!(cgroups = result.found.len(), took = ?started.elapsed(), "walked every hierarchy");
+            if tx.send(Msg::Walked(result)).await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Loads the eBPF object when the discovery mode asks for it. In `auto`, any

@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests in `tests/tests/`: start the real
 //! `cgscope` binary, scrape it, and gate tests on the privileges they need.
 
+pub mod cgroups;
+
 use std::{
     fs,
     io::Read as _,
@@ -69,6 +71,11 @@ impl Agent {
     }
 
     pub fn start_bin(bin: &Path, args: &[&str]) -> Self {
+        Self::start_with(&[], bin, args)
+    }
+
+    /// Starts the agent under a wrapper command (e.g. `setpriv …`).
+    pub fn start_with(wrapper: &[&str], bin: &Path, args: &[&str]) -> Self {
         assert!(
             bin.is_file(),
             "{} is missing: run `cargo xtask test`",
@@ -80,7 +87,15 @@ impl Agent {
             .tempdir()
             .unwrap();
         let log = dir.path().join("agent.log");
-        let child = Command::new(bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .args([
                 "--listen",
                 &format!("127.0.0.1:{port}"),
@@ -182,6 +197,22 @@ impl Agent {
         Metrics(r.body)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the agent in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// Stops the agent with SIGTERM and returns its log.
     pub fn stop(mut self) -> String {
         self.terminate();
@@ -221,6 +252,22 @@ pub struct Response {
 pub struct Metrics(pub String);
 
 impl Metrics {
+    /// The `id` label of every series of `name`, sorted and deduplicated.
+    pub fn ids(&self, name: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .0
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| {
+                let rest = l.split("id=\"").nth(1)?;
+                Some(rest[..rest.find('"')?].to_owned())
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// Value of the first sample whose line starts with `series` followed by
     /// a space or `{`, with every `(label, value)` of `labels` present.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

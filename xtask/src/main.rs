@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask build-ebpf | run | test`.
 
+mod bench;
 mod build_ebpf;
 mod cmd;
 mod run;
@@ -30,6 +31,11 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run a benchmark (as root) and print its table: discovery, all.
+    Bench {
+        #[arg(default_value = "all")]
+        what: String,
+    },
     /// Build everything and run every test: unit, eBPF and end-to-end.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -44,6 +50,7 @@ fn main() -> Result<()> {
         Command::BuildEbpf => build_ebpf::run(&root).map(|_| ()),
         Command::Run { debug, args } => run::run(&root, !debug, &args),
         Command::Test { args } => test::run(&root, &args),
+        Command::Bench { what } => bench::run(&root, &what),
     }
 }
 

@@ -6,7 +6,11 @@ pub mod tracefs;
 
 use std::{io, path::PathBuf};
 
-use aya::{programs::TracePoint, Ebpf, EbpfLoader};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
 use thiserror::Error;
 
 use self::{layout::CgroupLayout, tracefs::FormatError};
@@ -45,6 +49,14 @@ pub enum EbpfError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
 }
 
 /// The loaded object. Dropping it detaches every program.
@@ -130,6 +142,45 @@ impl Kernel {
 
     pub fn attached(&self) -> &[&'static str] {
         &self.attached
+    }
+}
+
+impl Kernel {
+    pub fn take_ring_buf(&mut self, name: &'static str) -> Result<RingBuf<MapData>, EbpfError> {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(EbpfError::MissingMap(name))?;
+        RingBuf::try_from(map).map_err(|source| EbpfError::Map { name, source })
+    }
+
+    /// The per-CPU event counters every program bumps.
+    pub fn take_counters(&mut self) -> Result<KernelCounters, EbpfError> {
+        const NAME: &str = "COUNTERS";
+        let map = self
+            .ebpf
+            .take_map(NAME)
+            .ok_or(EbpfError::MissingMap(NAME))?;
+        let map =
+            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { name: NAME, source })?;
+        Ok(KernelCounters(std::sync::Mutex::new(map)))
+    }
+}
+
+/// The kernel side's counters (`agent_common::counter`), read at scrape time.
+pub struct KernelCounters(std::sync::Mutex<PerCpuArray<MapData, u64>>);
+
+impl std::fmt::Debug for KernelCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelCounters")
+    }
+}
+
+impl KernelCounters {
+    /// The sum over CPUs of counter `index`; `None` if the map read failed.
+    pub fn get(&self, index: u32) -> Option<u64> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&index, 0).ok().map(|v| v.iter().sum())
     }
 }
 

@@ -15,6 +15,9 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
+use super::api;
+use crate::events::SharedEvents;
+
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -54,19 +57,30 @@ impl Format {
     }
 }
 
-pub fn router(registry: Arc<Registry>) -> Router {
+/// What the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub events: SharedEvents,
+}
+
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .with_state(registry)
+        .route("/api/v1.3/events", get(api::events_root))
+        .route("/api/v1.3/events/{*container}", get(api::events))
+        .route("/api/v2.0/events", get(api::events_root))
+        .route("/api/v2.0/events/{*container}", get(api::events))
+        .with_state(state)
 }
 
 pub async fn serve(
     listener: TcpListener,
-    registry: Arc<Registry>,
+    state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(registry))
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -79,12 +93,13 @@ async fn healthz() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok")
 }
 
-async fn metrics(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let registry = &state.registry;
     let format = Format::negotiate(&headers);
     let mut body = String::with_capacity(64 * 1024);
     let encoded = match format {
-        Format::OpenMetrics => text::encode(&mut body, &registry),
-        Format::PrometheusText => prometheus_text::encode(&mut body, &registry),
+        Format::OpenMetrics => text::encode(&mut body, registry),
+        Format::PrometheusText => prometheus_text::encode(&mut body, registry),
     };
     if encoded.is_err() {
         tracing::error!("encoding /metrics failed");

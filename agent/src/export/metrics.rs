@@ -11,7 +11,10 @@ use prometheus_client::{
 };
 use tokio::sync::watch;
 
-use crate::{machine::MachineInfo, status::Status};
+use crate::{
+    discovery::DiscoveryStats, ebpf::KernelCounters, events::SharedEvents, machine::MachineInfo,
+    registry::Snapshot, status::Status,
+};
 
 pub(crate) const NO_LABELS: [(&str, &str); 0] = [];
 
@@ -20,6 +23,10 @@ pub(crate) const NO_LABELS: [(&str, &str); 0] = [];
 pub struct Sources {
     pub machine: watch::Receiver<Option<Arc<MachineInfo>>>,
     pub status: Arc<Status>,
+    pub registry: watch::Receiver<Arc<Snapshot>>,
+    pub discovery: Arc<DiscoveryStats>,
+    pub events: SharedEvents,
+    pub kernel: Option<Arc<KernelCounters>>,
 }
 
 #[derive(Debug)]
@@ -51,6 +58,16 @@ impl<'a> Family<'a> {
         })
     }
 
+    pub fn counter<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeCounterValue>(
+        &mut self,
+        labels: &L,
+        value: V,
+    ) -> fmt::Result {
+        self.enc
+            .encode_family(labels)?
+            .encode_counter::<prometheus_client::encoding::NoLabelSet, V, u64>(&value, None)
+    }
+
     pub fn gauge<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue>(
         &mut self,
         labels: &L,
@@ -64,7 +81,10 @@ impl Collector for AgentCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let machine = self.sources.machine.borrow().clone();
         encode_machine(&mut encoder, machine.as_deref())?;
-        encode_status(&mut encoder, &self.sources.status)
+        let snapshot = self.sources.registry.borrow().clone();
+        super::containers::encode(&mut encoder, &snapshot, std::time::SystemTime::now())?;
+        encode_status(&mut encoder, &self.sources.status)?;
+        super::agent::encode(&mut encoder, &self.sources, &snapshot)
     }
 }
 
@@ -172,8 +192,17 @@ mod tests {
 
     fn sources(machine: Option<MachineInfo>) -> Sources {
         let (_tx, rx) = watch::channel(machine.map(Arc::new));
+        let (_rtx, registry) = watch::channel(Arc::new(Snapshot::default()));
         Sources {
             machine: rx,
+            registry,
+            discovery: Arc::default(),
+            events: crate::events::EventStore::new(
+                crate::events::parse_count_policy("").unwrap(),
+                crate::events::parse_age_policy("").unwrap(),
+            )
+            .shared(),
+            kernel: None,
             status: Arc::new(Status {
                 modes: vec![Mode {
                     subsystem: "discovery",

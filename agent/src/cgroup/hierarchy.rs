@@ -1,0 +1,270 @@
+//! Which cgroup hierarchies are mounted where.
+//!
+//! The cgroup tracepoints name a hierarchy by its id (`root`: 0 for cgroup2,
+//! otherwise the number in `/proc/self/cgroup`), so every mounted hierarchy
+//! is known by that id, its controllers and its mount point.
+
+#[cfg(test)]
+use std::collections::BTreeSet;
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use procfs::{process::MountInfos, FromRead as _};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum HierarchyError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: procfs::ProcError,
+    },
+    #[error("no cgroup hierarchy is mounted")]
+    NoneMounted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// The host's layout, as the design card names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    V1,
+    V2,
+    /// v1 controllers plus a cgroup2 mount (`/sys/fs/cgroup/unified`).
+    Hybrid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// The kernel's hierarchy id; 0 is cgroup2.
+    pub id: u32,
+    pub version: Version,
+    /// `cpu`, `cpuacct`, `name=systemd`; for cgroup2 the enabled controllers.
+    pub controllers: Vec<String>,
+    pub mount: PathBuf,
+    /// The hierarchy path mounted at `mount` (`/` unless a subtree is
+    /// mounted, as in a cgroup namespace).
+    pub mount_root: String,
+}
+
+impl Hierarchy {
+    #[cfg(test)]
+    pub fn has(&self, controller: &str) -> bool {
+        self.controllers.iter().any(|c| c == controller)
+    }
+
+    /// Turns a path relative to the hierarchy root (what the kernel reports)
+    /// into one relative to our mount; `None` when it lies outside it.
+    pub fn mount_relative<'a>(&self, path: &'a str) -> Option<&'a str> {
+        if self.mount_root == "/" {
+            return Some(path);
+        }
+        let rest = path.strip_prefix(self.mount_root.as_str())?;
+        if rest.is_empty() {
+            Some("/")
+        } else if rest.starts_with('/') {
+            Some(rest)
+        } else {
+            None
+        }
+    }
+
+    /// The directory of a container path (relative to the mount).
+    pub fn dir(&self, path: &str) -> PathBuf {
+        self.mount.join(path.trim_start_matches('/'))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hierarchies {
+    pub list: Vec<Hierarchy>,
+}
+
+impl Hierarchies {
+    /// Reads `/proc/self/mountinfo` and `/proc/self/cgroup` under `proc`.
+    pub fn discover(proc: &Path) -> Result<Self, HierarchyError> {
+        let read = |name: &str| {
+            let path = proc.join("self").join(name);
+            fs::read_to_string(&path).map_err(|e| HierarchyError::Read {
+                path,
+                source: procfs::ProcError::from(e),
+            })
+        };
+        Self::parse(&read("mountinfo")?, &read("cgroup")?)
+    }
+
+    pub fn parse(mountinfo: &str, self_cgroup: &str) -> Result<Self, HierarchyError> {
+        let mounts =
+            MountInfos::from_read(mountinfo.as_bytes()).map_err(|source| HierarchyError::Read {
+                path: "mountinfo".into(),
+                source,
+            })?;
+        let mut list: Vec<Hierarchy> = Vec::new();
+        for line in self_cgroup.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(id), Some(ctrls)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(id) = id.trim().parse::<u32>() else {
+                continue;
+            };
+            if list.iter().any(|h| h.id == id) {
+                continue;
+            }
+            let wanted: Vec<String> = ctrls
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let mount = mounts.0.iter().find(|m| {
+                if id == 0 {
+                    m.fs_type == "cgroup2"
+                } else {
+                    m.fs_type == "cgroup"
+                        && !wanted.is_empty()
+                        && wanted.iter().all(|c| has_controller(&m.super_options, c))
+                }
+            });
+            let Some(m) = mount else { continue };
+            let controllers = if id == 0 {
+                fs::read_to_string(m.mount_point.join("cgroup.controllers"))
+                    .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                    .unwrap_or_default()
+            } else {
+                wanted
+            };
+            list.push(Hierarchy {
+                id,
+                version: if id == 0 { Version::V2 } else { Version::V1 },
+                controllers,
+                mount: m.mount_point.clone(),
+                mount_root: m.root.clone(),
+            });
+        }
+        if list.is_empty() {
+            return Err(HierarchyError::NoneMounted);
+        }
+        list.sort_by_key(|h| h.id);
+        Ok(Self { list })
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Hierarchy> {
+        self.list.iter().find(|h| h.id == id)
+    }
+
+    pub fn layout(&self) -> Layout {
+        let v1 = self.list.iter().any(|h| h.version == Version::V1);
+        let v2 = self.list.iter().any(|h| h.version == Version::V2);
+        match (v1, v2) {
+            (true, true) => Layout::Hybrid,
+            (false, _) => Layout::V2,
+            (true, false) => Layout::V1,
+        }
+    }
+
+    /// The hierarchy that holds `controller` (v1 first, as on hybrid hosts
+    /// the v1 copy is the one with the data).
+    #[cfg(test)]
+    pub fn with_controller(&self, controller: &str) -> Option<&Hierarchy> {
+        self.list
+            .iter()
+            .find(|h| h.version == Version::V1 && h.has(controller))
+            .or_else(|| self.list.iter().find(|h| h.has(controller)))
+    }
+
+    #[cfg(test)]
+    pub fn ids(&self) -> BTreeSet<u32> {
+        self.list.iter().map(|h| h.id).collect()
+    }
+}
+
+fn has_controller(
+    super_options: &std::collections::HashMap<String, Option<String>>,
+    controller: &str,
+) -> bool {
+    match controller.split_once('=') {
+        Some((key, value)) => super_options
+            .get(key)
+            .is_some_and(|v| v.as_deref() == Some(value)),
+        None => super_options.contains_key(controller),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Hierarchies {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mountinfo");
+        let read = |ext: &str| fs::read_to_string(dir.join(format!("{name}.{ext}"))).unwrap();
+        Hierarchies::parse(&read("mountinfo"), &read("cgroup")).unwrap()
+    }
+
+    #[test]
+    fn hybrid_host() {
+        let h = fixture("hybrid");
+        assert_eq!(h.layout(), Layout::Hybrid);
+        assert_eq!(h.ids(), (0..=9).collect());
+        assert_eq!(h.get(0).unwrap().mount, Path::new("/sys/fs/cgroup/unified"));
+        assert_eq!(h.get(4).unwrap().controllers, ["memory"]);
+        assert_eq!(h.get(9).unwrap().controllers, ["name=systemd"]);
+        assert_eq!(h.get(9).unwrap().mount, Path::new("/sys/fs/cgroup/systemd"));
+        assert_eq!(h.with_controller("cpuacct").unwrap().id, 2);
+        assert_eq!(h.with_controller("memory").unwrap().id, 4);
+    }
+
+    #[test]
+    fn v1_host_with_comounted_controllers_and_a_subtree_mount() {
+        let h = fixture("v1");
+        assert_eq!(h.layout(), Layout::V1);
+        // 0::/ is listed but no cgroup2 is mounted.
+        assert!(h.get(0).is_none());
+        let cpu = h.get(4).unwrap();
+        assert_eq!(cpu.controllers, ["cpu", "cpuacct"]);
+        assert_eq!(cpu.mount, Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(h.with_controller("cpuacct").unwrap().id, 4);
+        // The first mount of the memory hierarchy wins, not the subtree one.
+        assert_eq!(h.get(7).unwrap().mount, Path::new("/sys/fs/cgroup/memory"));
+        assert_eq!(h.get(1).unwrap().mount, Path::new("/sys/fs/cgroup/systemd"));
+        assert_eq!(h.get(12).unwrap().mount, Path::new("/sys/fs/cgroup/cpuset"));
+    }
+
+    #[test]
+    fn v2_host() {
+        let h = fixture("v2");
+        assert_eq!(h.layout(), Layout::V2);
+        assert_eq!(h.list.len(), 1);
+        assert_eq!(h.get(0).unwrap().mount, Path::new("/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn subtree_mount_paths() {
+        let h = Hierarchy {
+            id: 4,
+            version: Version::V1,
+            controllers: vec!["memory".into()],
+            mount: "/mnt/m".into(),
+            mount_root: "/kubepods".into(),
+        };
+        assert_eq!(h.mount_relative("/kubepods/pod1"), Some("/pod1"));
+        assert_eq!(h.mount_relative("/kubepods"), Some("/"));
+        assert_eq!(h.mount_relative("/kubepodsX"), None);
+        assert_eq!(h.mount_relative("/system.slice"), None);
+        assert_eq!(h.dir("/pod1"), Path::new("/mnt/m/pod1"));
+    }
+
+    #[test]
+    fn nothing_mounted_is_an_error() {
+        assert!(matches!(
+            Hierarchies::parse("", "0::/\n"),
+            Err(HierarchyError::NoneMounted)
+        ));
+    }
+}

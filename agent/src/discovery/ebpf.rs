@@ -1,0 +1,265 @@
+//! cgroup mkdir/rmdir from the kernel's tracepoints, through a ring buffer.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use agent_common::{CgroupEvent, CGROUP_EVENT_FLAG_TRUNCATED, CGROUP_EVENT_MKDIR};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::mpsc,
+};
+
+use super::{Change, ChangeKind, DiscoveryStats, Filter};
+use crate::{cgroup::hierarchy::Hierarchies, registry::Msg};
+
+/// Reads the ring buffer until the registry goes away.
+pub async fn run(
+    ring: RingBuf<MapData>,
+    hierarchies: Arc<Hierarchies>,
+    filter: Filter,
+    stats: Arc<DiscoveryStats>,
+    tx: mpsc::Sender<Msg>,
+) {
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot poll the cgroup ring buffer; eBPF discovery stops (the walk still repairs)");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "polling the cgroup ring buffer failed");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        let mut batch = Vec::new();
+        let clock = BootClock::now();
+        while let Some(item) = ring.next() {
+            if let Some(change) = decode(&item, &hierarchies, &filter, &stats, &clock) {
+                batch.push(change);
+            }
+        }
+        guard.clear_ready();
+        if !batch.is_empty() && tx.send(Msg::Changes(batch)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Turns kernel boot-clock nanoseconds into wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct BootClock {
+    boot: SystemTime,
+}
+
+impl BootClock {
+    pub fn now() -> Self {
+        Self {
+            boot: super::walk::boot_time().unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> SystemTime {
+        self.boot + Duration::from_nanos(boot_ns)
+    }
+}
+
+fn decode(
+    bytes: &[u8],
+    hierarchies: &Hierarchies,
+    filter: &Filter,
+    stats: &DiscoveryStats,
+    clock: &BootClock,
+) -> Option<Change> {
+    if bytes.len() < std::mem::size_of::<CgroupEvent>() {
+        stats.errors.record(
+            "short_record",
+            format!("cgroup event of {} bytes", bytes.len()),
+        );
+        return None;
+    }
+    // SAFETY: size checked above; CgroupEvent is plain old data.
+    let ev: CgroupEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let mkdir = ev.kind == CGROUP_EVENT_MKDIR;
+    super::bump(if mkdir {
+        &stats.ebpf_mkdir
+    } else {
+        &stats.ebpf_rmdir
+    });
+    let Some(h) = hierarchies.get(ev.hierarchy) else {
+        // A hierarchy we do not have mounted (another mount namespace's).
+        return None;
+    };
+    if ev.flags & CGROUP_EVENT_FLAG_TRUNCATED != 0 {
+        stats.errors.record(
+            "path_too_long",
+            format!(
+                "a cgroup path longer than {} bytes was truncated; the walk adds it",
+                agent_common::CGROUP_PATH_CAP - 1
+            ),
+        );
+        return None;
+    }
+    let raw = &ev.path[..(ev.path_len as usize).min(ev.path.len())];
+    let raw = raw.split(|&b| b == 0).next().unwrap_or_default();
+    let Ok(path) = std::str::from_utf8(raw) else {
+        stats.errors.record(
+            "non_utf8_path",
+            format!(
+                "skipping cgroup {:?}: not UTF-8",
+                String::from_utf8_lossy(raw)
+            ),
+        );
+        return None;
+    };
+    let path = h.mount_relative(if path.is_empty() { "/" } else { path })?;
+    if !filter.accepts(path) {
+        return None;
+    }
+    Some(Change {
+        kind: if mkdir {
+            ChangeKind::Added
+        } else {
+            ChangeKind::Removed
+        },
+        hierarchy: ev.hierarchy,
+        id: ev.id,
+        path: Arc::from(path),
+        at: clock.wall(ev.boot_ns),
+        kernel_time: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::{CGROUP_EVENT_RMDIR, CGROUP_PATH_CAP};
+
+    use super::*;
+    use crate::cgroup::hierarchy::{Hierarchy, Version};
+
+    fn event(kind: u32, hierarchy: u32, path: &[u8], flags: u32) -> Vec<u8> {
+        let mut ev = CgroupEvent {
+            kind,
+            hierarchy,
+            level: 1,
+            path_len: path.len() as u32 + 1,
+            id: 77,
+            boot_ns: 1_000_000_000,
+            flags,
+            _pad: 0,
+            path: [0; CGROUP_PATH_CAP],
+        };
+        ev.path[..path.len()].copy_from_slice(path);
+        // SAFETY: reading a POD struct as bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&ev as *const CgroupEvent).cast::<u8>(),
+                std::mem::size_of::<CgroupEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    fn hierarchies() -> Hierarchies {
+        let h = |id, root: &str| Hierarchy {
+            id,
+            version: Version::V1,
+            controllers: vec![],
+            mount: "/sys/fs/cgroup/x".into(),
+            mount_root: root.into(),
+        };
+        Hierarchies {
+            list: vec![h(4, "/"), h(8, "/kubepods")],
+        }
+    }
+
+    #[test]
+    fn decodes_records() {
+        let (hs, stats) = (hierarchies(), DiscoveryStats::default());
+        let clock = BootClock {
+            boot: SystemTime::UNIX_EPOCH,
+        };
+        let f = Filter::new(&[]);
+        let c = decode(
+            &event(CGROUP_EVENT_MKDIR, 4, b"/a/b", 0),
+            &hs,
+            &f,
+            &stats,
+            &clock,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.kind, c.hierarchy, c.id, &*c.path),
+            (ChangeKind::Added, 4, 77, "/a/b")
+        );
+        assert_eq!(c.at, SystemTime::UNIX_EPOCH + Duration::from_secs(1));
+        assert!(c.kernel_time);
+        let c = decode(
+            &event(CGROUP_EVENT_RMDIR, 8, b"/kubepods/pod1", 0),
+            &hs,
+            &f,
+            &stats,
+            &clock,
+        )
+        .unwrap();
+        assert_eq!((c.kind, &*c.path), (ChangeKind::Removed, "/pod1"));
+        assert_eq!(load(&stats.ebpf_mkdir), 1);
+        assert_eq!(load(&stats.ebpf_rmdir), 1);
+    }
+
+    #[test]
+    fn odd_records_are_counted_not_fatal() {
+        let (hs, stats) = (hierarchies(), DiscoveryStats::default());
+        let clock = BootClock::now();
+        let f = Filter::new(&[]);
+        // Unknown hierarchy, outside the mount's subtree, a .mount unit.
+        assert!(decode(
+            &event(CGROUP_EVENT_MKDIR, 9, b"/a", 0),
+            &hs,
+            &f,
+            &stats,
+            &clock
+        )
+        .is_none());
+        assert!(decode(
+            &event(CGROUP_EVENT_MKDIR, 8, b"/system.slice", 0),
+            &hs,
+            &f,
+            &stats,
+            &clock
+        )
+        .is_none());
+        assert!(decode(
+            &event(CGROUP_EVENT_MKDIR, 4, b"/x.mount", 0),
+            &hs,
+            &f,
+            &stats,
+            &clock
+        )
+        .is_none());
+        assert!(decode(
+            &event(CGROUP_EVENT_MKDIR, 4, b"/bad\xff", 0),
+            &hs,
+            &f,
+            &stats,
+            &clock
+        )
+        .is_none());
+        assert_eq!(stats.errors.get("non_utf8_path"), 1);
+        let truncated = event(CGROUP_EVENT_MKDIR, 4, b"/long", CGROUP_EVENT_FLAG_TRUNCATED);
+        assert!(decode(&truncated, &hs, &f, &stats, &clock).is_none());
+        assert_eq!(stats.errors.get("path_too_long"), 1);
+        assert!(decode(&[0u8; 16], &hs, &f, &stats, &clock).is_none());
+        assert_eq!(stats.errors.get("short_record"), 1);
+    }
+
+    use super::super::load;
+}

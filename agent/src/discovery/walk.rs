@@ -1,0 +1,148 @@
+//! The full walk of every hierarchy: at start and every
+//! `--global-housekeeping-interval`, so the registry converges on what is
+//! really there whatever the event sources missed.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use super::{join, DiscoveryStats, Filter, Found, WalkResult};
+use crate::cgroup::hierarchy::Hierarchies;
+
+/// Lists every cgroup directory of every hierarchy. Directories that vanish
+/// mid-walk are skipped; names that are not UTF-8 are counted and skipped.
+pub fn walk(hierarchies: &Hierarchies, filter: &Filter, stats: &DiscoveryStats) -> WalkResult {
+    let started = Instant::now();
+    let mut found = Vec::new();
+    for h in &hierarchies.list {
+        walk_dir(&h.mount, "/", h.id, filter, stats, &mut found);
+    }
+    super::bump(&stats.walks);
+    WalkResult {
+        started,
+        hierarchies: hierarchies.list.iter().map(|h| h.id).collect(),
+        found,
+    }
+}
+
+fn walk_dir(
+    dir: &Path,
+    path: &str,
+    hierarchy: u32,
+    filter: &Filter,
+    stats: &DiscoveryStats,
+    found: &mut Vec<Found>,
+) {
+    let Ok(meta) = fs::metadata(dir) else { return };
+    if filter.accepts(path) {
+        found.push(Found {
+            hierarchy,
+            id: meta.ino(),
+            path: Arc::from(path),
+            created: creation_time(dir, &meta),
+        });
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            stats.errors.record(
+                "non_utf8_path",
+                format!("skipping cgroup {:?}: its name is not UTF-8", entry.path()),
+            );
+            continue;
+        };
+        let child = join(path, name);
+        if filter.descend(&child) {
+            walk_dir(&entry.path(), &child, hierarchy, filter, stats, found);
+        }
+    }
+}
+
+/// cgroupfs gives a directory the time of its first lookup, not of its
+/// creation, so a walk cannot know when a cgroup was made. The earliest
+/// start time of a task in it is a better lower bound where there is one.
+pub fn creation_time(dir: &Path, meta: &fs::Metadata) -> SystemTime {
+    let mtime = SystemTime::UNIX_EPOCH
+        + Duration::new(meta.mtime().max(0) as u64, meta.mtime_nsec() as u32);
+    earliest_task_start(dir).map_or(mtime, |t| t.min(mtime))
+}
+
+fn earliest_task_start(dir: &Path) -> Option<SystemTime> {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    let boot = boot_time()?;
+    let tps = procfs::ticks_per_second() as f64;
+    procs
+        .lines()
+        .take(64)
+        .filter_map(|pid| pid.trim().parse::<i32>().ok())
+        .filter_map(|pid| procfs::process::Process::new(pid).ok()?.stat().ok())
+        .map(|stat| boot + Duration::from_secs_f64(stat.starttime as f64 / tps))
+        .min()
+}
+
+/// Wall-clock time of boot, from CLOCK_BOOTTIME.
+pub fn boot_time() -> Option<SystemTime> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return None;
+    }
+    SystemTime::now().checked_sub(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::hierarchy::{Hierarchy, Version};
+
+    #[test]
+    fn walks_a_fixture_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        for p in ["a/b/c", "a/d", "x.mount/y", "e"] {
+            fs::create_dir_all(dir.path().join(p)).unwrap();
+        }
+        fs::write(dir.path().join("a/cgroup.procs"), "").unwrap();
+        let h = Hierarchies {
+            list: vec![Hierarchy {
+                id: 3,
+                version: Version::V1,
+                controllers: vec!["pids".into()],
+                mount: dir.path().into(),
+                mount_root: "/".into(),
+            }],
+        };
+        let stats = DiscoveryStats::default();
+        let r = walk(&h, &Filter::new(&[]), &stats);
+        let mut paths: Vec<&str> = r.found.iter().map(|f| &*f.path).collect();
+        paths.sort();
+        assert_eq!(paths, ["/", "/a", "/a/b", "/a/b/c", "/a/d", "/e"]);
+        assert!(r.found.iter().all(|f| f.hierarchy == 3 && f.id != 0));
+        let only_a = walk(&h, &Filter::new(&["/a/b".into()]), &stats);
+        let mut paths: Vec<&str> = only_a.found.iter().map(|f| &*f.path).collect();
+        paths.sort();
+        assert_eq!(paths, ["/", "/a/b", "/a/b/c"]);
+        assert_eq!(load(&stats.walks), 2);
+
+        // A name that is not UTF-8 is counted and skipped, the rest goes on.
+        use std::os::unix::ffi::OsStrExt as _;
+        fs::create_dir(dir.path().join(std::ffi::OsStr::from_bytes(b"bad\xff"))).unwrap();
+        let r = walk(&h, &Filter::new(&[]), &stats);
+        assert_eq!(r.found.len(), 6);
+        assert_eq!(stats.errors.get("non_utf8_path"), 1);
+    }
+
+    use super::super::load;
+}

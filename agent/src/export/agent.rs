@@ -1,0 +1,136 @@
+//! The agent's own health: discovery, registry, eBPF counters.
+
+use std::fmt;
+
+use agent_common::counter;
+use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
+
+use super::metrics::{Family, Sources, NO_LABELS};
+use crate::{discovery::load, events::EventType, registry::Snapshot};
+
+pub fn encode(encoder: &mut DescriptorEncoder, s: &Sources, snapshot: &Snapshot) -> fmt::Result {
+    let live = snapshot.live();
+    let mut containers = Family::new(
+        encoder,
+        "cgscope_registry_containers",
+        "Containers (cgroups) the registry knows, live or removed and kept for the retention period.",
+        None,
+        MetricType::Gauge,
+    )?;
+    containers.gauge(&[("state", "live")], live as i64)?;
+    containers.gauge(
+        &[("state", "removed")],
+        (snapshot.containers.len() - live) as i64,
+    )?;
+
+    let d = &s.discovery;
+    let mut events = Family::new(
+        encoder,
+        "cgscope_discovery_events",
+        "cgroup creations and removals received from each event source.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (source, event, v) in [
+        ("ebpf", "mkdir", load(&d.ebpf_mkdir)),
+        ("ebpf", "rmdir", load(&d.ebpf_rmdir)),
+        ("inotify", "mkdir", load(&d.inotify_create)),
+        ("inotify", "rmdir", load(&d.inotify_delete)),
+    ] {
+        events.counter(&[("source", source), ("event", event)], v)?;
+    }
+    let mut repairs = Family::new(
+        encoder,
+        "cgscope_discovery_repairs",
+        "Containers the periodic walk had to add or remove because the event source missed them.",
+        None,
+        MetricType::Counter,
+    )?;
+    repairs.counter(&[("kind", "added")], load(&d.repairs_added))?;
+    repairs.counter(&[("kind", "removed")], load(&d.repairs_removed))?;
+    Family::new(
+        encoder,
+        "cgscope_discovery_walks",
+        "Full walks of every cgroup hierarchy.",
+        None,
+        MetricType::Counter,
+    )?
+    .counter(&NO_LABELS, load(&d.walks))?;
+    Family::new(
+        encoder,
+        "cgscope_inotify_overflows",
+        "inotify queue overflows (each one triggers a rescan).",
+        None,
+        MetricType::Counter,
+    )?
+    .counter(&NO_LABELS, load(&d.inotify_overflows))?;
+    let mut errors = Family::new(
+        encoder,
+        "cgscope_discovery_errors",
+        "Discovery problems by reason; each reason is logged once.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, n) in d.errors.snapshot() {
+        errors.counter(&[("reason", reason)], n)?;
+    }
+
+    let totals = s
+        .events
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .totals()
+        .clone();
+    let mut lifecycle = Family::new(
+        encoder,
+        "cgscope_container_lifecycle_events",
+        "Container creations and deletions seen, including containers shorter-lived than any interval.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (label, t) in [
+        ("creation", EventType::ContainerCreation),
+        ("deletion", EventType::ContainerDeletion),
+    ] {
+        lifecycle.counter(&[("event", label)], totals.get(&t).copied().unwrap_or(0))?;
+    }
+
+    if let Some(k) = &s.kernel {
+        let mut prog = Family::new(
+            encoder,
+            "cgscope_ebpf_events",
+            "Tracepoint hits counted by the eBPF programs themselves.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (program, idx) in [
+            ("cgroup_mkdir", counter::MKDIR_EVENTS),
+            ("cgroup_rmdir", counter::RMDIR_EVENTS),
+        ] {
+            if let Some(v) = k.get(idx) {
+                prog.counter(&[("program", program)], v)?;
+            }
+        }
+        let mut drops = Family::new(
+            encoder,
+            "cgscope_ebpf_ringbuf_drops",
+            "Events lost in the kernel because a ring buffer was full (the walk repairs them).",
+            None,
+            MetricType::Counter,
+        )?;
+        if let Some(v) = k.get(counter::CGROUP_RINGBUF_DROPS) {
+            drops.counter(&[("ringbuf", "cgroup_events")], v)?;
+        }
+        let mut read = Family::new(
+            encoder,
+            "cgscope_ebpf_read_errors",
+            "Tracepoint records the eBPF programs could not read.",
+            None,
+            MetricType::Counter,
+        )?;
+        if let Some(v) = k.get(counter::CGROUP_READ_ERRORS) {
+            read.counter(&[("program", "cgroup")], v)?;
+        }
+    }
+    Ok(())
+}

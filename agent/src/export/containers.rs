@@ -1,0 +1,66 @@
+//! Per-container families, with the kubelet's label set.
+
+use std::{fmt, time::SystemTime};
+
+use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
+
+use super::metrics::Family;
+use crate::registry::{ContainerInfo, Snapshot};
+
+/// The kubelet's fixed labels (`/metrics/cadvisor`), in its order. Values
+/// other than `id` come from the runtime metadata providers; empty until
+/// one knows them.
+pub fn labels(c: &ContainerInfo) -> [(&'static str, &str); 6] {
+    [
+        ("container", ""),
+        ("id", &c.path),
+        ("image", ""),
+        ("name", ""),
+        ("namespace", ""),
+        ("pod", ""),
+    ]
+}
+
+fn seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub fn encode(
+    encoder: &mut DescriptorEncoder,
+    snapshot: &Snapshot,
+    now: SystemTime,
+) -> fmt::Result {
+    let mut start = Family::new(
+        encoder,
+        "container_start_time_seconds",
+        "Start time of the container since unix epoch in seconds.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for c in &snapshot.containers {
+        start.gauge(&labels(c), seconds(c.created))?;
+    }
+    let mut created = Family::new(
+        encoder,
+        "container_creation_time_seconds",
+        "Container creation time since unix epoch in seconds.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for c in &snapshot.containers {
+        created.gauge(&labels(c), seconds(c.created))?;
+    }
+    let mut seen = Family::new(
+        encoder,
+        "container_last_seen",
+        "Last time a container was seen by the exporter",
+        None,
+        MetricType::Gauge,
+    )?;
+    for c in &snapshot.containers {
+        // A removed container was last seen when it went away.
+        seen.gauge(&labels(c), seconds(c.removed.unwrap_or(now)))?;
+    }
+    Ok(())
+}

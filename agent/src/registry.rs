@@ -1,0 +1,530 @@
+//! The registry: the one owner of the set of known containers.
+//!
+//! One task owns the state; the discovery sources send it changes and walk
+//! results, and it publishes an immutable snapshot after each batch for the
+//! readers (the exporter, the collectors). Removed containers stay in the
+//! snapshot for a retention period so their last values and OOM counts can
+//! still be scraped (tokio-console's aggregator keeps closed tasks the same way).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    cgroup::identity::Identity,
+    discovery::{Change, ChangeKind, DiscoveryStats, WalkResult},
+    events::{Event, EventData, EventType, SharedEvents},
+};
+
+pub enum Msg {
+    Changes(Vec<Change>),
+    Walked(WalkResult),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// The cgroup path relative to the hierarchy mounts, e.g. `/kubepods/…`.
+    pub path: Arc<str>,
+    pub identity: Identity,
+    /// Hierarchy id → cgroup id, for every hierarchy the directory is in.
+    pub ids: BTreeMap<u32, u64>,
+    pub created: SystemTime,
+    /// `created` comes from the kernel's event, not from a walk's estimate.
+    pub created_exact: bool,
+    /// When the last of its directories went away.
+    pub removed: Option<SystemTime>,
+}
+
+impl ContainerInfo {
+    pub fn is_live(&self) -> bool {
+        self.removed.is_none()
+    }
+}
+
+/// What readers see: every known container, sorted by path.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub containers: Vec<Arc<ContainerInfo>>,
+}
+
+impl Snapshot {
+    #[cfg(test)]
+    pub fn get(&self, path: &str) -> Option<&Arc<ContainerInfo>> {
+        self.containers
+            .binary_search_by(|c| (*c.path).cmp(path))
+            .ok()
+            .map(|i| &self.containers[i])
+    }
+
+    pub fn live(&self) -> usize {
+        self.containers.iter().filter(|c| c.is_live()).count()
+    }
+}
+
+/// (hierarchy id, cgroup id).
+type HierarchyId = (u32, u64);
+
+struct Entry {
+    info: Arc<ContainerInfo>,
+    /// When an event source last changed this entry (walks ignore entries
+    /// changed after they started).
+    last_event: Instant,
+    removed_at: Option<Instant>,
+}
+
+pub struct Registry {
+    entries: BTreeMap<Arc<str>, Entry>,
+    by_id: HashMap<(u32, u64), Arc<str>>,
+    retention: Duration,
+    events: SharedEvents,
+    stats: Arc<DiscoveryStats>,
+    walked_once: bool,
+}
+
+impl Registry {
+    pub fn new(retention: Duration, events: SharedEvents, stats: Arc<DiscoveryStats>) -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            by_id: HashMap::new(),
+            retention,
+            events,
+            stats,
+            walked_once: false,
+        }
+    }
+
+    /// Runs the owner task until every sender is gone.
+    pub fn spawn(mut self, mut rx: mpsc::Receiver<Msg>) -> watch::Receiver<Arc<Snapshot>> {
+        let (tx, snapshot) = watch::channel(Arc::new(Snapshot::default()));
+        tokio::spawn(async move {
+            let mut gc = tokio::time::interval(
+                Duration::from_secs(1).min(self.retention.max(Duration::from_millis(100))),
+            );
+            gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let changed = tokio::select! {
+                    msg = rx.recv() => {
+                        let Some(msg) = msg else { break };
+                        let mut changed = self.apply(msg);
+                        // Coalesce what is already queued into one snapshot.
+                        for _ in 0..1024 {
+                            match rx.try_recv() {
+                                Ok(msg) => changed |= self.apply(msg),
+                                Err(_) => break,
+                            }
+                        }
+                        changed
+                    }
+                    _ = gc.tick() => self.collect_garbage(Instant::now()),
+                };
+                if changed {
+                    tx.send_replace(Arc::new(self.snapshot()));
+                }
+            }
+        });
+        snapshot
+    }
+
+    /// Applies one message; true when the snapshot changed.
+    pub fn apply(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Changes(changes) => {
+                let now = Instant::now();
+                let mut changed = false;
+                for c in changes {
+                    changed |= match c.kind {
+                        ChangeKind::Added => self.add(&c, now),
+                        ChangeKind::Removed => self.remove(&c, now),
+                    };
+                }
+                changed
+            }
+            Msg::Walked(result) => self.reconcile(result),
+        }
+    }
+
+    fn add(&mut self, c: &Change, now: Instant) -> bool {
+        let is_new = self
+            .entries
+            .get(&c.path)
+            .is_none_or(|e| e.removed_at.is_some());
+        if is_new {
+            let info = ContainerInfo {
+                path: c.path.clone(),
+                identity: Identity::parse(&c.path),
+                ids: BTreeMap::from([(c.hierarchy, c.id)]),
+                created: c.at,
+                created_exact: c.kernel_time,
+                removed: None,
+            };
+            self.record(EventType::ContainerCreation, &c.path, c.at);
+            // The discovery benchmark measures mkdir → here from this line.
+            tracing::trace!(path = %c.path, kernel_time = c.kernel_time, "registered container");
+            self.entries.insert(
+                c.path.clone(),
+                Entry {
+                    info: Arc::new(info),
+                    last_event: now,
+                    removed_at: None,
+                },
+            );
+        } else if let Some(e) = self.entries.get_mut(&c.path) {
+            e.last_event = now;
+            let info = Arc::make_mut(&mut e.info);
+            let known = info.ids.get(&c.hierarchy).copied();
+            if known == Some(c.id) || (c.id == 0 && known.is_some()) {
+                return false;
+            }
+            info.ids.insert(c.hierarchy, c.id);
+            // The kernel's time of the first mkdir in any hierarchy wins.
+            if c.kernel_time && (!info.created_exact || c.at < info.created) {
+                info.created = c.at;
+                info.created_exact = true;
+            }
+        }
+        if c.id != 0 {
+            self.by_id.insert((c.hierarchy, c.id), c.path.clone());
+        }
+        true
+    }
+
+    fn remove(&mut self, c: &Change, now: Instant) -> bool {
+        let Some(e) = self.entries.get_mut(&c.path) else {
+            return false;
+        };
+        if e.removed_at.is_some() {
+            return false;
+        }
+        e.last_event = now;
+        let info = Arc::make_mut(&mut e.info);
+        match info.ids.get(&c.hierarchy) {
+            Some(&id) if c.id == 0 || c.id == id => {
+                info.ids.remove(&c.hierarchy);
+            }
+            _ => return false,
+        }
+        if info.ids.is_empty() {
+            info.removed = Some(c.at);
+            e.removed_at = Some(now);
+            self.record(EventType::ContainerDeletion, &c.path, c.at);
+        }
+        true
+    }
+
+    /// Makes the registry equal to what the walk saw, except for entries an
+    /// event source changed after the walk started (the walk may predate them).
+    fn reconcile(&mut self, walk: WalkResult) -> bool {
+        let repair = self.walked_once;
+        self.walked_once = true;
+        let mut seen: HashMap<Arc<str>, Vec<&crate::discovery::Found>> = HashMap::new();
+        for f in &walk.found {
+            seen.entry(f.path.clone()).or_default().push(f);
+        }
+        let mut changed = false;
+        for (path, found) in &seen {
+            let fresh = self
+                .entries
+                .get(path)
+                .is_some_and(|e| e.last_event >= walk.started);
+            if fresh {
+                continue;
+            }
+            let existed = self
+                .entries
+                .get(path)
+                .is_some_and(|e| e.removed_at.is_none());
+            for f in found {
+                let c = Change {
+                    kind: ChangeKind::Added,
+                    hierarchy: f.hierarchy,
+                    id: f.id,
+                    path: path.clone(),
+                    at: f.created,
+                    kernel_time: false,
+                };
+                let missing = self.entries.get(path).is_none_or(|e| {
+                    e.removed_at.is_some() || !e.info.ids.contains_key(&f.hierarchy)
+                });
+                if missing {
+                    changed |= self.add(&c, walk.started);
+                }
+            }
+            if repair && !existed {
+                crate::discovery::bump(&self.stats.repairs_added);
+                tracing::debug!(%path, "walk found a cgroup the event source missed");
+            }
+        }
+        let stale: Vec<(Arc<str>, Vec<HierarchyId>)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.removed_at.is_none() && e.last_event < walk.started)
+            .filter_map(|(path, e)| {
+                let found = seen.get(path);
+                let gone: Vec<(u32, u64)> = e
+                    .info
+                    .ids
+                    .iter()
+                    .filter(|(h, _)| walk.hierarchies.contains(h))
+                    .filter(|(h, _)| !found.is_some_and(|f| f.iter().any(|f| f.hierarchy == **h)))
+                    .map(|(h, id)| (*h, *id))
+                    .collect();
+                (!gone.is_empty()).then(|| (path.clone(), gone))
+            })
+            .collect();
+        let now = SystemTime::now();
+        for (path, gone) in stale {
+            let mut removed_container = false;
+            for (h, id) in gone {
+                changed |= self.remove(
+                    &Change {
+                        kind: ChangeKind::Removed,
+                        hierarchy: h,
+                        id,
+                        path: path.clone(),
+                        at: now,
+                        kernel_time: false,
+                    },
+                    walk.started,
+                );
+                removed_container = self
+                    .entries
+                    .get(&path)
+                    .is_some_and(|e| e.removed_at.is_some());
+            }
+            if repair && removed_container {
+                crate::discovery::bump(&self.stats.repairs_removed);
+                tracing::debug!(%path, "walk found a removed cgroup the event source missed");
+            }
+        }
+        changed
+    }
+
+    fn collect_garbage(&mut self, now: Instant) -> bool {
+        let retention = self.retention;
+        let expired: Vec<Arc<str>> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.removed_at
+                    .is_some_and(|t| now.duration_since(t) >= retention)
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        if expired.is_empty() {
+            return false;
+        }
+        for path in &expired {
+            self.entries.remove(path);
+        }
+        // Ids of expired paths, and ids a path had before it was re-created.
+        self.by_id.retain(|_, p| self.entries.contains_key(p));
+        if self.entries.len() < self.by_id.capacity() / 4 {
+            self.by_id.shrink_to_fit();
+        }
+        true
+    }
+
+    fn record(&self, event_type: EventType, path: &str, at: SystemTime) {
+        let mut store = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        store.add(Event {
+            container_name: path.to_owned(),
+            timestamp: at,
+            event_type,
+            event_data: EventData::default(),
+        });
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            containers: self.entries.values().map(|e| e.info.clone()).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        discovery::Found,
+        events::{parse_age_policy, parse_count_policy, EventStore},
+    };
+
+    fn registry(retention: Duration) -> Registry {
+        let events = EventStore::new(
+            parse_count_policy("").unwrap(),
+            parse_age_policy("").unwrap(),
+        )
+        .shared();
+        Registry::new(retention, events, Arc::new(DiscoveryStats::default()))
+    }
+
+    fn change(kind: ChangeKind, h: u32, id: u64, path: &str, secs: u64) -> Change {
+        Change {
+            kind,
+            hierarchy: h,
+            id,
+            path: Arc::from(path),
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            kernel_time: true,
+        }
+    }
+
+    fn found(h: u32, id: u64, path: &str) -> Found {
+        Found {
+            hierarchy: h,
+            id,
+            path: Arc::from(path),
+            created: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    fn totals(r: &Registry) -> (u64, u64) {
+        let s = r.events.lock().unwrap();
+        let t = s.totals();
+        (
+            t.get(&EventType::ContainerCreation).copied().unwrap_or(0),
+            t.get(&EventType::ContainerDeletion).copied().unwrap_or(0),
+        )
+    }
+
+    #[test]
+    fn one_container_across_hierarchies() {
+        let mut r = registry(Duration::from_secs(60));
+        r.apply(Msg::Changes(vec![
+            change(ChangeKind::Added, 1, 10, "/a", 5),
+            change(ChangeKind::Added, 4, 40, "/a", 4),
+            change(ChangeKind::Added, 0, 7, "/a", 6),
+        ]));
+        let s = r.snapshot();
+        assert_eq!(s.containers.len(), 1);
+        let a = s.get("/a").unwrap();
+        assert_eq!(a.ids, BTreeMap::from([(0, 7), (1, 10), (4, 40)]));
+        assert_eq!(a.created, SystemTime::UNIX_EPOCH + Duration::from_secs(4));
+        assert_eq!(totals(&r), (1, 0));
+
+        r.apply(Msg::Changes(vec![change(
+            ChangeKind::Removed,
+            1,
+            10,
+            "/a",
+            8,
+        )]));
+        assert!(r.snapshot().get("/a").unwrap().is_live());
+        r.apply(Msg::Changes(vec![
+            change(ChangeKind::Removed, 4, 40, "/a", 9),
+            change(ChangeKind::Removed, 0, 7, "/a", 9),
+        ]));
+        let s = r.snapshot();
+        let a = s.get("/a").unwrap();
+        assert_eq!(
+            a.removed,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(9))
+        );
+        assert_eq!(totals(&r), (1, 1));
+    }
+
+    #[test]
+    fn removed_containers_stay_for_the_retention_then_go() {
+        let mut r = registry(Duration::from_secs(60));
+        r.apply(Msg::Changes(vec![
+            change(ChangeKind::Added, 1, 10, "/short", 1),
+            change(ChangeKind::Removed, 1, 10, "/short", 1),
+        ]));
+        assert_eq!(
+            totals(&r),
+            (1, 1),
+            "a container shorter than any interval is counted"
+        );
+        assert_eq!(r.by_id.get(&(1, 10)).map(|p| &**p), Some("/short"));
+        assert!(!r.collect_garbage(Instant::now()));
+        assert_eq!(r.snapshot().containers.len(), 1);
+        assert!(r.collect_garbage(Instant::now() + Duration::from_secs(61)));
+        assert!(r.snapshot().containers.is_empty());
+        assert!(r.by_id.is_empty());
+    }
+
+    #[test]
+    fn recreated_path_is_a_new_container() {
+        let mut r = registry(Duration::from_secs(60));
+        r.apply(Msg::Changes(vec![
+            change(ChangeKind::Added, 1, 10, "/svc", 1),
+            change(ChangeKind::Removed, 1, 10, "/svc", 2),
+            change(ChangeKind::Added, 1, 11, "/svc", 3),
+        ]));
+        let s = r.snapshot();
+        let svc = s.get("/svc").unwrap();
+        assert!(svc.is_live());
+        assert_eq!(svc.ids, BTreeMap::from([(1, 11)]));
+        assert_eq!(totals(&r), (2, 1));
+    }
+
+    #[test]
+    fn walk_repairs_both_ways_and_counts() {
+        let mut r = registry(Duration::from_secs(60));
+        // The first walk is the bootstrap, not a repair.
+        r.apply(Msg::Walked(WalkResult {
+            started: Instant::now(),
+            hierarchies: vec![1],
+            found: vec![found(1, 1, "/"), found(1, 2, "/gone")],
+        }));
+        assert_eq!(r.snapshot().live(), 2);
+        assert_eq!(crate::discovery::load(&r.stats.repairs_added), 0);
+        std::thread::sleep(Duration::from_millis(2));
+        let started = Instant::now();
+        r.apply(Msg::Walked(WalkResult {
+            started,
+            hierarchies: vec![1],
+            found: vec![found(1, 1, "/"), found(1, 3, "/missed")],
+        }));
+        let s = r.snapshot();
+        assert!(s.get("/missed").unwrap().is_live());
+        assert!(!s.get("/gone").unwrap().is_live());
+        assert_eq!(crate::discovery::load(&r.stats.repairs_added), 1);
+        assert_eq!(crate::discovery::load(&r.stats.repairs_removed), 1);
+    }
+
+    #[test]
+    fn walk_does_not_undo_newer_events() {
+        let mut r = registry(Duration::from_secs(60));
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        // Created after the walk listed its parent, and removed after the
+        // walk saw it.
+        r.apply(Msg::Changes(vec![
+            change(ChangeKind::Added, 1, 5, "/new", 1),
+            change(ChangeKind::Added, 1, 6, "/old", 1),
+            change(ChangeKind::Removed, 1, 6, "/old", 2),
+        ]));
+        r.apply(Msg::Walked(WalkResult {
+            started,
+            hierarchies: vec![1],
+            found: vec![found(1, 1, "/"), found(1, 6, "/old")],
+        }));
+        let s = r.snapshot();
+        assert!(s.get("/new").unwrap().is_live());
+        assert!(!s.get("/old").unwrap().is_live());
+    }
+
+    #[test]
+    fn walk_only_judges_the_hierarchies_it_walked() {
+        let mut r = registry(Duration::from_secs(60));
+        r.apply(Msg::Changes(vec![change(
+            ChangeKind::Added,
+            4,
+            40,
+            "/m",
+            1,
+        )]));
+        std::thread::sleep(Duration::from_millis(2));
+        r.apply(Msg::Walked(WalkResult {
+            started: Instant::now(),
+            hierarchies: vec![1],
+            found: vec![found(1, 1, "/")],
+        }));
+        assert!(r.snapshot().get("/m").unwrap().is_live());
+    }
+}

@@ -1,0 +1,146 @@
+//! Cgroups a test creates under a unique prefix and always removes, even
+//! when the test fails: every process in them is killed, then every
+//! directory is removed deepest first.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub const ROOT: &str = "/sys/fs/cgroup";
+
+/// The hierarchies of this machine's hybrid layout that tests use.
+pub const HIERARCHIES: &[&str] = &["cpu", "cpuacct", "memory", "pids", "unified"];
+
+pub struct CgroupTree {
+    /// `/cgscope-test-<name>-<unique>`.
+    pub prefix: String,
+    hierarchies: Vec<&'static str>,
+}
+
+impl CgroupTree {
+    pub fn new(name: &str, hierarchies: &[&'static str]) -> Self {
+        let prefix = format!(
+            "/cgscope-test-{name}-{}-{}",
+            std::process::id(),
+            crate::unique()
+        );
+        let tree = Self {
+            prefix,
+            hierarchies: hierarchies.to_vec(),
+        };
+        tree.mkdir("").expect("creating the test's cgroup root");
+        tree
+    }
+
+    /// The cgroup path (relative to the hierarchy roots) of `rel`.
+    pub fn path(&self, rel: &str) -> String {
+        if rel.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}/{}", self.prefix, rel.trim_start_matches('/'))
+        }
+    }
+
+    pub fn dir(&self, hierarchy: &str, rel: &str) -> PathBuf {
+        Path::new(ROOT)
+            .join(hierarchy)
+            .join(self.path(rel).trim_start_matches('/'))
+    }
+
+    /// Creates `rel` in every hierarchy of the tree.
+    pub fn mkdir(&self, rel: &str) -> io::Result<()> {
+        for h in &self.hierarchies {
+            fs::create_dir(self.dir(h, rel))?;
+        }
+        Ok(())
+    }
+
+    pub fn rmdir(&self, rel: &str) -> io::Result<()> {
+        for h in &self.hierarchies {
+            fs::remove_dir(self.dir(h, rel))?;
+        }
+        Ok(())
+    }
+
+    /// Every cgroup path under the prefix that exists in `hierarchy`.
+    pub fn existing(&self, hierarchy: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let base = Path::new(ROOT).join(hierarchy);
+        collect(&self.dir(hierarchy, ""), &base, &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn collect(dir: &Path, base: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    out.push(format!("/{}", dir.strip_prefix(base).unwrap().display()));
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect(&e.path(), base, out);
+        }
+    }
+}
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        for h in &self.hierarchies {
+            let top = self.dir(h, "");
+            let mut dirs = Vec::new();
+            collect_dirs(&top, &mut dirs);
+            // Deepest first.
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for d in dirs {
+                kill_members(&d);
+                let start = Instant::now();
+                while fs::remove_dir(&d).is_err()
+                    && d.exists()
+                    && start.elapsed() < Duration::from_secs(5)
+                {
+                    kill_members(&d);
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    out.push(dir.to_path_buf());
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_dirs(&e.path(), out);
+        }
+    }
+}
+
+/// Kills the processes in a cgroup the test created (only ever ours).
+fn kill_members(dir: &Path) {
+    let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) else {
+        return;
+    };
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Waits until `cond` holds, polling; panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,225 @@
+//! Discovery end to end: real cgroups on this machine's hierarchies, the
+//! real agent, in eBPF and in inotify mode.
+
+use std::time::{Duration, Instant};
+
+use tests::{
+    cgroups::{wait_for, CgroupTree},
+    expect_ebpf, require_root, Agent,
+};
+
+const HIERARCHIES: &[&str] = &["cpu", "memory", "pids", "unified"];
+
+fn modes(test: &str) -> Vec<&'static str> {
+    if !require_root(test) {
+        return vec![];
+    }
+    if expect_ebpf() {
+        vec!["ebpf", "inotify"]
+    } else {
+        eprintln!("{test}: CGSCOPE_EXPECT_EBPF not set, testing inotify only");
+        vec!["inotify"]
+    }
+}
+
+fn live_ids_under(agent: &Agent, prefix: &str) -> Vec<String> {
+    agent
+        .scrape()
+        .ids("container_last_seen")
+        .into_iter()
+        .filter(|id| id == prefix || id.starts_with(&format!("{prefix}/")))
+        .collect()
+}
+
+#[test]
+fn nested_cgroups_appear_with_their_path_and_leave_after_retention() {
+    for mode in modes("nested_cgroups_appear_with_their_path_and_leave_after_retention") {
+        // Walks only at start: what appears later was found by the event source.
+        let agent = Agent::start(&[
+            "--discovery",
+            mode,
+            "--container-retention",
+            "3s",
+            "--global-housekeeping-interval",
+            "1h",
+        ]);
+        let tree = CgroupTree::new(&format!("nested-{mode}"), HIERARCHIES);
+        let mut expected = vec![tree.path("")];
+        for g in 0..20 {
+            let group = format!("g{g:02}");
+            tree.mkdir(&group).unwrap();
+            expected.push(tree.path(&group));
+            for c in 0..9 {
+                let child = format!("{group}/c{c}");
+                tree.mkdir(&child).unwrap();
+                expected.push(tree.path(&child));
+            }
+        }
+        expected.sort();
+        assert_eq!(expected.len(), 201);
+        wait_for(
+            &format!("[{mode}] 201 cgroups in /metrics"),
+            Duration::from_secs(20),
+            || live_ids_under(&agent, &tree.prefix) == expected,
+        );
+        let m = agent.scrape();
+        assert_eq!(
+            m.value(
+                "cgscope_mode",
+                &[("subsystem", "discovery"), ("mode", mode)]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            m.value("cgscope_discovery_walks_total", &[]),
+            Some(1.0),
+            "only the start walk ran"
+        );
+        assert_eq!(
+            m.value("cgscope_discovery_repairs_total", &[("kind", "added")]),
+            Some(0.0)
+        );
+        let start = m
+            .value(
+                "container_start_time_seconds",
+                &[("id", &tree.path("g00/c0"))],
+            )
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            (now - start).abs() < 60.0,
+            "start time {start} is about now ({now})"
+        );
+
+        // Remove everything, deepest first.
+        for g in 0..20 {
+            for c in 0..9 {
+                tree.rmdir(&format!("g{g:02}/c{c}")).unwrap();
+            }
+            tree.rmdir(&format!("g{g:02}")).unwrap();
+        }
+        tree.rmdir("").unwrap();
+        let removed_at = Instant::now();
+        // Still scrapeable within the retention, with last_seen frozen.
+        let m = agent.scrape();
+        let seen = m.value("container_last_seen", &[("id", &tree.path("g05"))]);
+        assert!(
+            seen.is_some(),
+            "[{mode}] removed containers stay for the retention"
+        );
+        wait_for(
+            &format!("[{mode}] removed cgroups leave /metrics"),
+            Duration::from_secs(20),
+            || live_ids_under(&agent, &tree.prefix).is_empty(),
+        );
+        assert!(
+            removed_at.elapsed() >= Duration::from_secs(2),
+            "[{mode}] series must not vanish before the retention ({:?})",
+            removed_at.elapsed()
+        );
+        let m = agent.scrape();
+        assert!(
+            m.value(
+                "cgscope_container_lifecycle_events_total",
+                &[("event", "deletion")]
+            )
+            .unwrap()
+                >= 201.0
+        );
+    }
+}
+
+#[test]
+fn burst_of_mkdir_rmdir_ends_with_registry_equal_to_filesystem() {
+    for mode in modes("burst_of_mkdir_rmdir_ends_with_registry_equal_to_filesystem") {
+        let agent = Agent::start(&[
+            "--discovery",
+            mode,
+            "--container-retention",
+            "1s",
+            "--global-housekeeping-interval",
+            "1h",
+        ]);
+        let rss_before = agent.rss_kib();
+        let tree = CgroupTree::new(&format!("burst-{mode}"), &["pids"]);
+        let started = Instant::now();
+        for i in 0..5000 {
+            let name = format!("b{i}");
+            tree.mkdir(&name).unwrap();
+            // Keep every 50th one.
+            if i % 50 != 0 {
+                tree.rmdir(&name).unwrap();
+            }
+        }
+        let burst = started.elapsed();
+        let mut on_disk = tree.existing("pids");
+        on_disk.sort();
+        assert_eq!(on_disk.len(), 101);
+        wait_for(
+            &format!("[{mode}] registry equals the filesystem"),
+            Duration::from_secs(30),
+            || live_ids_under(&agent, &tree.prefix) == on_disk,
+        );
+        let m = agent.scrape();
+        let created = m
+            .value(
+                "cgscope_container_lifecycle_events_total",
+                &[("event", "creation")],
+            )
+            .unwrap();
+        assert!(
+            created >= 5001.0,
+            "[{mode}] every short-lived cgroup counted: {created}"
+        );
+        if mode == "ebpf" {
+            assert_eq!(m.value("cgscope_ebpf_ringbuf_drops_total", &[]), Some(0.0));
+        }
+        let removed = m
+            .value("cgscope_registry_containers", &[("state", "removed")])
+            .unwrap();
+        assert_eq!(
+            removed, 0.0,
+            "[{mode}] removed entries are gone after the retention"
+        );
+        let rss_after = agent.rss_kib();
+        eprintln!("[{mode}] burst of 5000 mkdir+rmdir in {burst:?}; agent RSS {rss_before} KiB -> {rss_after} KiB");
+        assert!(
+            rss_after < rss_before + 32 * 1024,
+            "[{mode}] agent memory grew from {rss_before} KiB to {rss_after} KiB"
+        );
+    }
+}
+
+#[test]
+fn auto_falls_back_to_inotify_when_bpf_is_not_permitted() {
+    if !require_root("auto_falls_back_to_inotify_when_bpf_is_not_permitted") {
+        return;
+    }
+    // Root without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN cannot load BPF.
+    let wrapper = [
+        "setpriv",
+        "--bounding-set",
+        "-bpf,-perfmon,-sys_admin",
+        "--",
+    ];
+    let agent = Agent::start_with(&wrapper, &tests::agent_bin(), &["--discovery", "auto"]);
+    let m = agent.scrape();
+    assert_eq!(
+        m.value(
+            "cgscope_mode",
+            &[("subsystem", "discovery"), ("mode", "inotify")]
+        ),
+        Some(1.0),
+        "{}",
+        agent.log()
+    );
+    let log = agent.stop();
+    let fallbacks: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("falling back to inotify"))
+        .collect();
+    assert_eq!(fallbacks.len(), 1, "one clear line:\n{log}");
+}
