@@ -55,8 +55,45 @@ pub mod counter {
     pub const LEN: u32 = 8;
 }
 
+/// Length of a task's `comm`, with its NUL.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// The record came from `tp_btf/mark_victim` (cgroup ids known).
+pub const OOM_SOURCE_BTF: u32 = 1;
+/// The record came from the classic `oom:mark_victim` tracepoint (pid and
+/// comm only).
+pub const OOM_SOURCE_TRACEPOINT: u32 = 2;
+
+/// Flag: `memcg_id` is the victim's memory cgroup.
+pub const OOM_FLAG_MEMCG: u32 = 1;
+/// Flag: a memory cgroup at its limit was found among the victim's memory
+/// cgroup and its ancestors (`oom_memcg_id`); without it the OOM was global.
+pub const OOM_FLAG_LIMIT_FOUND: u32 = 2;
+
+/// One OOM victim (`oom:mark_victim` fires once per killed task).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OomEvent {
+    /// Thread id of the victim (`task->pid`).
+    pub pid: u32,
+    /// Process id of the victim (`task->tgid`); 0 when unknown.
+    pub tgid: u32,
+    /// Kernfs id of the victim's memory cgroup.
+    pub memcg_id: u64,
+    /// Kernfs id of the memory cgroup whose limit was hit.
+    pub oom_memcg_id: u64,
+    pub boot_ns: u64,
+    /// [`OOM_SOURCE_BTF`] or [`OOM_SOURCE_TRACEPOINT`].
+    pub source: u32,
+    /// [`OOM_FLAG_MEMCG`], [`OOM_FLAG_LIMIT_FOUND`].
+    pub flags: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain old data, every bit pattern is valid.
     unsafe impl aya::Pod for super::CgroupEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OomEvent {}
 }

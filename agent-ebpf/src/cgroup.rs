@@ -17,7 +17,7 @@ use aya_ebpf::{
 static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
 
 // Record layout of the cgroup event class, overridden from tracefs. The
 // defaults are the 5.x+ layout and are never relied upon.
@@ -33,7 +33,7 @@ static CG_ID_SIZE: u32 = 8;
 static CG_PATH_OFF: u32 = 24;
 
 #[inline(always)]
-fn global(v: &'static u32) -> u32 {
+pub(crate) fn global(v: &'static u32) -> u32 {
     // Volatile so the compiler cannot fold the default into the code.
     unsafe { core::ptr::read_volatile(v) }
 }

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod cgroup;
+mod oom;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -29,6 +29,18 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = DiscoveryMode::Auto)]
     pub discovery: DiscoveryMode,
 
+    /// Where OOM kills come from: the kernel's mark_victim tracepoint
+    /// through eBPF, the kernel log, or eBPF when it loads and the log
+    /// otherwise.
+    #[arg(long, value_enum, default_value_t = OomSource::Auto)]
+    pub oom_source: OomSource,
+
+    /// The kernel log to parse for OOM kills: /dev/kmsg (followed from its
+    /// end), or a file of records in the same format (read from its start
+    /// and followed).
+    #[arg(long, default_value = "/dev/kmsg")]
+    pub kmsg_path: PathBuf,
+
     /// How often every hierarchy is walked to repair what the event sources
     /// missed (cAdvisor's global housekeeping).
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
@@ -78,6 +90,13 @@ pub struct Config {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OomSource {
+    Auto,
+    Ebpf,
+    Kmsg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

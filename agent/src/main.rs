@@ -8,6 +8,7 @@ mod errors;
 mod events;
 mod export;
 mod machine;
+mod oom;
 mod registry;
 mod status;
 
@@ -23,12 +24,13 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::{
     cgroup::hierarchy::Hierarchies,
-    config::{Config, DiscoveryMode, LogFormat},
+    config::{Config, DiscoveryMode, LogFormat, OomSource},
     discovery::{DiscoveryStats, Filter},
     ebpf::Kernel,
     events::EventStore,
     export::metrics::Sources,
     machine::{MachineInfo, MachinePaths},
+    oom::OomStats,
     registry::{Msg, Registry},
     status::{Mode, Status, DISCOVERY_MODES},
 };
@@ -84,17 +86,26 @@ async fn run(config: Config) -> Result<()> {
         config.event_storage_age_limit.clone(),
     )
     .shared();
+    let oom_stats = Arc::new(OomStats::default());
     let (registry_tx, registry_rx) = mpsc::channel::<Msg>(4096);
-    let snapshot =
-        Registry::new(config.container_retention, events.clone(), stats.clone()).spawn(registry_rx);
+    let snapshot = Registry::new(
+        config.container_retention,
+        events.clone(),
+        stats.clone(),
+        oom_stats.clone(),
+    )
+    .spawn(registry_rx);
 
-    let (mut kernel, discovery) = start_ebpf(&config)?;
+    let mut started = start_ebpf(&config)?;
+    let discovery = started.discovery;
     let rescan = Arc::new(Notify::new());
-    let mut kernel_counters = None;
-    match kernel.as_mut() {
-        Some(k) => {
+    let kernel_counters = match started.kernel.as_mut() {
+        Some(k) => Some(Arc::new(k.take_counters()?)),
+        None => None,
+    };
+    match (discovery, started.kernel.as_mut()) {
+        ("ebpf", Some(k)) => {
             let ring = k.take_ring_buf("CGROUP_EVENTS")?;
-            kernel_counters = Some(Arc::new(k.take_counters()?));
             tokio::spawn(discovery::ebpf::run(
                 ring,
                 hierarchies.clone(),
@@ -103,7 +114,7 @@ async fn run(config: Config) -> Result<()> {
                 registry_tx.clone(),
             ));
         }
-        None => {
+        _ => {
             let (h, f, st) = (hierarchies.clone(), filter.clone(), stats.clone());
             let watcher =
                 tokio::task::spawn_blocking(move || discovery::inotify::Watcher::new(h, f, st))
@@ -119,25 +130,69 @@ async fn run(config: Config) -> Result<()> {
     // The walk starts after the event source, so nothing falls in between.
     spawn_walker(
         &config,
-        hierarchies,
+        hierarchies.clone(),
         filter,
         stats.clone(),
-        registry_tx,
+        registry_tx.clone(),
         rescan,
-    );
+    )
+    .await;
+    // OOM kills are attributed by path, so their source starts once the
+    // first walk has filled the registry.
+    let oom = match (started.kernel.as_mut(), started.oom_ebpf) {
+        (Some(k), true) => {
+            let ring = k.take_ring_buf("OOM_EVENTS")?;
+            tokio::spawn(oom::ebpf::run(
+                ring,
+                hierarchies.clone(),
+                oom_stats.clone(),
+                registry_tx.clone(),
+            ));
+            "ebpf"
+        }
+        _ => {
+            let memory = hierarchies.with_controller("memory").cloned();
+            match oom::kmsg::spawn(
+                &config.kmsg_path,
+                memory,
+                oom_stats.clone(),
+                registry_tx.clone(),
+            ) {
+                Ok(()) => "kmsg",
+                Err(e) => {
+                    oom_stats.errors.record(
+                        "kmsg_unreadable",
+                        format!(
+                            "cannot read {}: {e}; OOM kills are not observed (needs CAP_SYSLOG, or eBPF)",
+                            config.kmsg_path.display()
+                        ),
+                    );
+                    "none"
+                }
+            }
+        }
+    };
 
+    let kernel = started.kernel;
     let status = Arc::new(Status {
-        modes: vec![Mode {
-            subsystem: "discovery",
-            active: discovery,
-            choices: DISCOVERY_MODES,
-        }],
+        modes: vec![
+            Mode {
+                subsystem: "discovery",
+                active: discovery,
+                choices: DISCOVERY_MODES,
+            },
+            Mode {
+                subsystem: "oom",
+                active: oom,
+                choices: oom::OOM_MODES,
+            },
+        ],
         ebpf_programs: kernel
             .as_ref()
             .map(|k| k.attached().to_vec())
             .unwrap_or_default(),
     });
-    tracing::info!(discovery, "modes chosen");
+    tracing::info!(discovery, oom, "modes chosen");
 
     let machine_rx = spawn_machine_refresh(&config);
     let registry = Arc::new(export::metrics::registry(Sources {
@@ -147,6 +202,7 @@ async fn run(config: Config) -> Result<()> {
         discovery: stats,
         events: events.clone(),
         kernel: kernel_counters,
+        oom: oom_stats,
     }));
 
     let listener = export::http::bind(config.listen)
@@ -165,7 +221,7 @@ async fn run(config: Config) -> Result<()> {
 
 /// Walks every hierarchy now, every `--global-housekeeping-interval`, and
 /// whenever a source asks for a rescan (inotify overflow).
-fn spawn_walker(
+async fn spawn_walker(
     config: &Config,
     hierarchies: Arc<Hierarchies>,
     filter: Filter,
@@ -176,9 +232,18 @@ fn spawn_walker(
     let every = config
         .global_housekeeping_interval
         .max(Duration::from_secs(1));
+    let walk = {
+        let (h, f, st) = (hierarchies.clone(), filter.clone(), stats.clone());
+        move || discovery::walk::walk(&h, &f, &st)
+    };
+    if let Ok(first) = tokio::task::spawn_blocking(walk).await {
+        let _ = tx.send(Msg::Walked(first)).await;
+    }
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first walk is done above.
+        tick.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -203,36 +268,85 @@ fn spawn_walker(
     });
 }
 
-/// Loads the eBPF object when the discovery mode asks for it. In `auto`, any
-/// failure falls back with one log line; an explicit `ebpf` fails the start.
-fn start_ebpf(config: &Config) -> Result<(Option<Kernel>, &'static str)> {
-    if config.discovery == DiscoveryMode::Inotify {
-        return Ok((None, "inotify"));
+/// What eBPF gives this run.
+struct Started {
+    kernel: Option<Kernel>,
+    discovery: &'static str,
+    /// The OOM program is attached.
+    oom_ebpf: bool,
+}
+
+/// Loads the eBPF object when a subsystem asks for it and attaches each
+/// subsystem's programs. In `auto`, any failure falls back with one log
+/// line; an explicit `ebpf` fails the start with the reason.
+fn start_ebpf(config: &Config) -> Result<Started> {
+    let want_discovery = config.discovery != DiscoveryMode::Inotify;
+    let want_oom = config.oom_source != OomSource::Kmsg;
+    let forced = |what: &str| match what {
+        "discovery" => config.discovery == DiscoveryMode::Ebpf,
+        _ => config.oom_source == OomSource::Ebpf,
+    };
+    let mut started = Started {
+        kernel: None,
+        discovery: "inotify",
+        oom_ebpf: false,
+    };
+    if !want_discovery && !want_oom {
+        return Ok(started);
     }
-    if ebpf::embedded_object().is_none() {
-        if config.discovery == DiscoveryMode::Ebpf {
-            bail!("--discovery ebpf: {}", ebpf::EbpfError::NoObject);
+    let mut kernel = if ebpf::embedded_object().is_none() {
+        for what in ["discovery", "oom"] {
+            if forced(what) {
+                bail!(
+                    "--{} ebpf: {}",
+                    if what == "oom" { "oom-source" } else { what },
+                    ebpf::EbpfError::NoObject
+                );
+            }
         }
         tracing::warn!(
             "this cgscope was built without its eBPF object: running in fallback mode \
-             (inotify discovery); build it with `cargo xtask build-ebpf`"
+             (inotify discovery, /dev/kmsg for OOM kills); build it with `cargo xtask build-ebpf`"
         );
-        return Ok((None, "inotify"));
-    }
-    ebpf::raise_memlock_rlimit();
-    let attached = Kernel::load().and_then(|mut k| {
-        k.attach_tracepoint("cgroup_mkdir", "cgroup", "cgroup_mkdir")?;
-        k.attach_tracepoint("cgroup_rmdir", "cgroup", "cgroup_rmdir")?;
-        Ok(k)
-    });
-    match (attached, config.discovery) {
-        (Ok(k), _) => Ok((Some(k), "ebpf")),
-        (Err(e), DiscoveryMode::Ebpf) => Err(e).context("--discovery ebpf"),
-        (Err(e), _) => {
-            tracing::warn!(error = %e, "eBPF not available: falling back to inotify discovery");
-            Ok((None, "inotify"))
+        return Ok(started);
+    } else {
+        ebpf::raise_memlock_rlimit();
+        match Kernel::load() {
+            Ok(k) => k,
+            Err(e) => {
+                for what in ["discovery", "oom"] {
+                    if forced(what) {
+                        return Err(e).context(format!("eBPF required for {what}"));
+                    }
+                }
+                tracing::warn!(error = %e, "eBPF not available: falling back to inotify discovery and /dev/kmsg for OOM kills");
+                return Ok(started);
+            }
+        }
+    };
+    if want_discovery {
+        match kernel.attach_cgroup() {
+            Ok(()) => started.discovery = "ebpf",
+            Err(e) if forced("discovery") => return Err(e).context("--discovery ebpf"),
+            Err(e) => {
+                tracing::warn!(error = %e, "eBPF discovery not available: falling back to inotify")
+            }
         }
     }
+    if want_oom {
+        match kernel.attach_oom() {
+            Ok(program) => {
+                tracing::info!(?program, "OOM kills observed in the kernel");
+                started.oom_ebpf = true;
+            }
+            Err(e) if forced("oom") => return Err(e).context("--oom-source ebpf"),
+            Err(e) => {
+                tracing::warn!(error = %e, "eBPF OOM source not available: falling back to /dev/kmsg")
+            }
+        }
+    }
+    started.kernel = Some(kernel);
+    Ok(started)
 }
 
 fn spawn_machine_refresh(config: &Config) -> watch::Receiver<Option<Arc<MachineInfo>>> {

@@ -12,17 +12,25 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     cgroup::identity::Identity,
     discovery::{Change, ChangeKind, DiscoveryStats, WalkResult},
-    events::{Event, EventData, EventType, SharedEvents},
+    events::{Event, EventData, EventType, OomKillData, SharedEvents},
+    oom::{OomKill, OomStats},
 };
 
 pub enum Msg {
     Changes(Vec<Change>),
     Walked(WalkResult),
+    Oom(OomKill),
+    /// Which container a (hierarchy, cgroup id) pair belongs or belonged to.
+    Resolve {
+        hierarchy: u32,
+        id: u64,
+        reply: oneshot::Sender<Option<Arc<str>>>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +45,10 @@ pub struct ContainerInfo {
     pub created_exact: bool,
     /// When the last of its directories went away.
     pub removed: Option<SystemTime>,
+    /// Tasks of this container killed by the OOM killer.
+    pub oom_kills: u64,
+    /// OOMs where this was the memory cgroup that ran out.
+    pub ooms: u64,
 }
 
 impl ContainerInfo {
@@ -82,17 +94,24 @@ pub struct Registry {
     retention: Duration,
     events: SharedEvents,
     stats: Arc<DiscoveryStats>,
+    oom_stats: Arc<OomStats>,
     walked_once: bool,
 }
 
 impl Registry {
-    pub fn new(retention: Duration, events: SharedEvents, stats: Arc<DiscoveryStats>) -> Self {
+    pub fn new(
+        retention: Duration,
+        events: SharedEvents,
+        stats: Arc<DiscoveryStats>,
+        oom_stats: Arc<OomStats>,
+    ) -> Self {
         Self {
             entries: BTreeMap::new(),
             by_id: HashMap::new(),
             retention,
             events,
             stats,
+            oom_stats,
             walked_once: false,
         }
     }
@@ -144,6 +163,15 @@ impl Registry {
                 changed
             }
             Msg::Walked(result) => self.reconcile(result),
+            Msg::Oom(kill) => self.oom(kill),
+            Msg::Resolve {
+                hierarchy,
+                id,
+                reply,
+            } => {
+                let _ = reply.send(self.by_id.get(&(hierarchy, id)).cloned());
+                false
+            }
         }
     }
 
@@ -160,6 +188,8 @@ impl Registry {
                 created: c.at,
                 created_exact: c.kernel_time,
                 removed: None,
+                oom_kills: 0,
+                ooms: 0,
             };
             self.record(EventType::ContainerCreation, &c.path, c.at);
             // The discovery benchmark measures mkdir → here from this line.
@@ -303,6 +333,46 @@ impl Registry {
         changed
     }
 
+    /// Counts a kill against the victim's container and the OOM'd memory
+    /// cgroup's, removed ones included (within their retention), and
+    /// records cAdvisor's two events.
+    fn oom(&mut self, kill: OomKill) -> bool {
+        let mut changed = false;
+        if let Some(e) = kill.victim.as_ref().and_then(|v| self.entries.get_mut(v)) {
+            Arc::make_mut(&mut e.info).oom_kills += 1;
+            changed = true;
+        } else if let Some(v) = &kill.victim {
+            self.oom_stats.errors.record(
+                "container_unknown",
+                format!("OOM kill in {v}, a cgroup that is not (or no longer) tracked"),
+            );
+        }
+        if let Some(e) = kill.oom.as_ref().and_then(|o| self.entries.get_mut(o)) {
+            Arc::make_mut(&mut e.info).ooms += 1;
+            changed = true;
+        }
+        let mut store = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        store.add(Event {
+            container_name: kill.oom.as_deref().unwrap_or("/").to_owned(),
+            timestamp: kill.at,
+            event_type: EventType::Oom,
+            event_data: EventData::default(),
+        });
+        store.add(Event {
+            container_name: kill.victim.as_deref().unwrap_or("/").to_owned(),
+            timestamp: kill.at,
+            event_type: EventType::OomKill,
+            event_data: EventData {
+                oom_kill: Some(OomKillData {
+                    pid: kill.pid,
+                    process_name: kill.comm,
+                    constraint: kill.constraint,
+                }),
+            },
+        });
+        changed
+    }
+
     fn collect_garbage(&mut self, now: Instant) -> bool {
         let retention = self.retention;
         let expired: Vec<Arc<str>> = self
@@ -359,7 +429,7 @@ mod tests {
             parse_age_policy("").unwrap(),
         )
         .shared();
-        Registry::new(retention, events, Arc::new(DiscoveryStats::default()))
+        Registry::new(retention, events, Arc::default(), Arc::default())
     }
 
     fn change(kind: ChangeKind, h: u32, id: u64, path: &str, secs: u64) -> Change {
@@ -439,12 +509,72 @@ mod tests {
             (1, 1),
             "a container shorter than any interval is counted"
         );
-        assert_eq!(r.by_id.get(&(1, 10)).map(|p| &**p), Some("/short"));
+        let (tx, rx) = oneshot::channel();
+        r.apply(Msg::Resolve {
+            hierarchy: 1,
+            id: 10,
+            reply: tx,
+        });
+        assert_eq!(rx.blocking_recv().unwrap().as_deref(), Some("/short"));
         assert!(!r.collect_garbage(Instant::now()));
         assert_eq!(r.snapshot().containers.len(), 1);
         assert!(r.collect_garbage(Instant::now() + Duration::from_secs(61)));
         assert!(r.snapshot().containers.is_empty());
         assert!(r.by_id.is_empty());
+    }
+
+    #[test]
+    fn oom_kills_count_against_containers_and_survive_removal() {
+        let mut r = registry(Duration::from_secs(60));
+        r.apply(Msg::Changes(vec![
+            change(ChangeKind::Added, 4, 1, "/p", 1),
+            change(ChangeKind::Added, 4, 2, "/p/c", 1),
+        ]));
+        let kill = OomKill {
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(5),
+            pid: 42,
+            comm: "hog".into(),
+            victim: Some(Arc::from("/p/c")),
+            oom: Some(Arc::from("/p")),
+            constraint: "CONSTRAINT_MEMCG".into(),
+        };
+        assert!(r.apply(Msg::Oom(kill.clone())));
+        r.apply(Msg::Changes(vec![change(
+            ChangeKind::Removed,
+            4,
+            2,
+            "/p/c",
+            6,
+        )]));
+        let s = r.snapshot();
+        let c = s.get("/p/c").unwrap();
+        assert!(!c.is_live());
+        assert_eq!((c.oom_kills, c.ooms), (1, 0), "kept after removal");
+        assert_eq!(
+            (s.get("/p").unwrap().oom_kills, s.get("/p").unwrap().ooms),
+            (0, 1)
+        );
+        let store = r.events.lock().unwrap();
+        let events = store.query(&crate::events::EventQuery {
+            types: vec![EventType::Oom, EventType::OomKill],
+            start: None,
+            end: None,
+            max_events: 10,
+            container: None,
+            subcontainers: true,
+        });
+        let got: Vec<(&str, EventType)> = events
+            .iter()
+            .map(|e| (e.container_name.as_str(), e.event_type))
+            .collect();
+        assert_eq!(got, [("/p", EventType::Oom), ("/p/c", EventType::OomKill)]);
+        assert_eq!(events[1].event_data.oom_kill.as_ref().unwrap().pid, 42);
+        drop(store);
+        // A kill in a cgroup nobody tracks: events, no counter, no panic.
+        let mut stray = kill;
+        stray.victim = Some(Arc::from("/unknown"));
+        assert!(!r.apply(Msg::Oom(stray)));
+        assert_eq!(r.oom_stats.errors.get("container_unknown"), 1);
     }
 
     #[test]

@@ -177,13 +177,8 @@ fn burst_of_mkdir_rmdir_ends_with_registry_equal_to_filesystem() {
         if mode == "ebpf" {
             assert_eq!(m.value("cgscope_ebpf_ringbuf_drops_total", &[]), Some(0.0));
         }
-        let removed = m
-            .value("cgscope_registry_containers", &[("state", "removed")])
-            .unwrap();
-        assert_eq!(
-            removed, 0.0,
-            "[{mode}] removed entries are gone after the retention"
-        );
+        // Series under the prefix equal the directories on disk (checked
+        // above): the 4,900 removed entries left after their retention.
         let rss_after = agent.rss_kib();
         eprintln!("[{mode}] burst of 5000 mkdir+rmdir in {burst:?}; agent RSS {rss_before} KiB -> {rss_after} KiB");
         assert!(

@@ -1,8 +1,12 @@
 //! `cargo xtask test`: build everything, then run every test.
 
-use std::path::Path;
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::Stdio,
+};
 
-use anyhow::Result;
+use anyhow::{bail, Context as _, Result};
 
 use crate::{build_ebpf, cmd};
 
@@ -31,13 +35,84 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
              (set CGSCOPE_TEST_STRICT=1 to make them fail instead)"
         );
     }
-    cmd::run(
-        cmd::cargo()
-            .current_dir(root)
-            .args(["test", "--workspace"])
-            .args(args)
-            .env("CGSCOPE_BIN", &bin)
-            .env("CGSCOPE_BIN_NO_EBPF", no_ebpf.join("debug/cgscope"))
-            .env("CGSCOPE_EXPECT_EBPF", "1"),
-    )
+    let mut child = cmd::cargo()
+        .current_dir(root)
+        .args(["test", "--workspace"])
+        .args(args)
+        .env("CGSCOPE_BIN", &bin)
+        .env("CGSCOPE_BIN_NO_EBPF", no_ebpf.join("debug/cgscope"))
+        .env("CGSCOPE_EXPECT_EBPF", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    // Pass the output through and add up every binary's result line, so the
+    // run ends with one summary however many test binaries there are.
+    let mut totals = Totals::default();
+    for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait()?;
+    println!(
+        "summary: {} passed, {} failed, {} ignored",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// `test result: ok. 42 passed; 0 failed; 1 ignored; …`
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let n: u64 = n.parse().unwrap_or(0);
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_result_lines() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 42 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.03s");
+        t.add("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.21s");
+        t.add("running 3 tests");
+        assert_eq!(
+            t,
+            Totals {
+                passed: 45,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
 }

@@ -55,7 +55,6 @@ pub struct Hierarchy {
 }
 
 impl Hierarchy {
-    #[cfg(test)]
     pub fn has(&self, controller: &str) -> bool {
         self.controllers.iter().any(|c| c == controller)
     }
@@ -171,7 +170,6 @@ impl Hierarchies {
 
     /// The hierarchy that holds `controller` (v1 first, as on hybrid hosts
     /// the v1 copy is the one with the data).
-    #[cfg(test)]
     pub fn with_controller(&self, controller: &str) -> Option<&Hierarchy> {
         self.list
             .iter()

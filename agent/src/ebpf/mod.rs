@@ -1,19 +1,25 @@
 //! The kernel side: load the embedded object, attach its programs, and hand
 //! out its maps. Nothing outside this module talks to BPF.
 
+pub mod btf;
 pub mod layout;
+pub mod oom_layout;
 pub mod tracefs;
 
 use std::{io, path::PathBuf};
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use thiserror::Error;
 
-use self::{layout::CgroupLayout, tracefs::FormatError};
+use self::{
+    layout::CgroupLayout,
+    oom_layout::{MarkVictimLayout, OomBtfLayout},
+    tracefs::FormatError,
+};
 
 /// The object built by `cargo xtask build-ebpf`; empty when the agent was
 /// built without it.
@@ -57,6 +63,8 @@ pub enum EbpfError {
     },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// The loaded object. Dropping it detaches every program.
@@ -64,6 +72,10 @@ pub struct Kernel {
     ebpf: Ebpf,
     attached: Vec<&'static str>,
     pub tracefs: PathBuf,
+    /// Why a subsystem's programs cannot be used on this kernel, if so.
+    cgroup_unusable: Option<String>,
+    oom_btf_unusable: Option<String>,
+    oom_tp_unusable: Option<String>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -92,19 +104,40 @@ pub fn raise_memlock_rlimit() {
     }
 }
 
+/// How the OOM victim is observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OomProgram {
+    /// `tp_btf/mark_victim`: cgroup ids read in the kernel.
+    Btf,
+    /// The classic `oom:mark_victim` tracepoint: pid and comm only.
+    Tracepoint,
+}
+
 impl Kernel {
     /// Loads the embedded object with every layout global taken from this
-    /// kernel. Programs are loaded and attached separately, per subsystem,
-    /// so one that fails does not take the others down.
+    /// kernel. Programs are attached separately, per subsystem, so one that
+    /// cannot work here (a layout that does not parse) does not take the
+    /// others down.
     pub fn load() -> Result<Self, EbpfError> {
         let object = embedded_object().ok_or(EbpfError::NoObject)?;
         let (tracefs, mounted) = tracefs::find_or_mount().map_err(EbpfError::Tracefs)?;
         if mounted {
             tracing::info!(path = %tracefs.display(), "mounted tracefs");
         }
-        let cgroup = CgroupLayout::read(&tracefs)?;
+        let cgroup = CgroupLayout::read(&tracefs);
+        let oom_btf = btf::Btf::from_sys().and_then(|b| OomBtfLayout::from_btf(&b));
+        let oom_tp = MarkVictimLayout::read(&tracefs);
+        let mut globals: Vec<(&'static str, u32)> = Vec::new();
+        if let Ok(l) = &cgroup {
+            globals.extend(l.globals());
+        }
+        if let Ok(l) = &oom_btf {
+            globals.extend(l.globals());
+        }
+        if let Ok(l) = &oom_tp {
+            globals.extend(l.globals());
+        }
         let mut loader = EbpfLoader::new();
-        let globals = cgroup.globals();
         for (name, value) in &globals {
             loader.override_global(name, value, true);
         }
@@ -114,11 +147,62 @@ impl Kernel {
             ebpf,
             attached: Vec::new(),
             tracefs,
+            cgroup_unusable: cgroup.err().map(|e| e.to_string()),
+            oom_btf_unusable: oom_btf.err().map(|e| format!("kernel BTF: {e}")),
+            oom_tp_unusable: oom_tp
+                .err()
+                .map(|e| format!("tracepoint oom:mark_victim: {e}")),
         })
     }
 
+    /// Attaches the cgroup mkdir/rmdir programs.
+    pub fn attach_cgroup(&mut self) -> Result<(), EbpfError> {
+        if let Some(why) = &self.cgroup_unusable {
+            return Err(EbpfError::Unusable(why.clone()));
+        }
+        self.attach_tracepoint("cgroup_mkdir", "cgroup", "cgroup_mkdir")?;
+        self.attach_tracepoint("cgroup_rmdir", "cgroup", "cgroup_rmdir")
+    }
+
+    /// Attaches the best OOM program this kernel allows: `tp_btf`, else the
+    /// classic tracepoint.
+    pub fn attach_oom(&mut self) -> Result<OomProgram, EbpfError> {
+        let btf_error = match &self.oom_btf_unusable {
+            Some(why) => why.clone(),
+            None => match self.attach_btf_tracepoint("mark_victim_btf", "mark_victim") {
+                Ok(()) => return Ok(OomProgram::Btf),
+                Err(e) => e.to_string(),
+            },
+        };
+        if let Some(why) = &self.oom_tp_unusable {
+            return Err(EbpfError::Unusable(format!("{btf_error}; {why}")));
+        }
+        tracing::warn!(error = %btf_error, "tp_btf/mark_victim unavailable: using the classic oom:mark_victim tracepoint (victims resolved from /proc)");
+        self.attach_tracepoint("mark_victim_tp", "oom", "mark_victim")?;
+        Ok(OomProgram::Tracepoint)
+    }
+
+    fn attach_btf_tracepoint(&mut self, name: &'static str, event: &str) -> Result<(), EbpfError> {
+        let btf =
+            aya::Btf::from_sys_fs().map_err(|e| EbpfError::Unusable(format!("kernel BTF: {e}")))?;
+        let program = self.ebpf.program_mut(name).ok_or(EbpfError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        let tp: &mut BtfTracePoint = program
+            .try_into()
+            .map_err(|source| EbpfError::Program { name, source })?;
+        tp.load(event, &btf)
+            .map_err(|source| EbpfError::Program { name, source })?;
+        tp.attach()
+            .map_err(|source| EbpfError::Program { name, source })?;
+        self.attached.push(name);
+        tracing::info!(program = name, tracepoint = %format!("tp_btf/{event}"), "attached eBPF program");
+        Ok(())
+    }
+
     /// Loads the tracepoint program `name` and attaches it to `group/event`.
-    pub fn attach_tracepoint(
+    fn attach_tracepoint(
         &mut self,
         name: &'static str,
         group: &str,

@@ -95,6 +95,34 @@ pub fn encode(encoder: &mut DescriptorEncoder, s: &Sources, snapshot: &Snapshot)
         lifecycle.counter(&[("event", label)], totals.get(&t).copied().unwrap_or(0))?;
     }
 
+    let o = &s.oom;
+    Family::new(
+        encoder,
+        "cgscope_oom_kills",
+        "OOM kills seen by the OOM source (one per killed task).",
+        None,
+        MetricType::Counter,
+    )?
+    .counter(&NO_LABELS, load(&o.kills))?;
+    Family::new(
+        encoder,
+        "cgscope_oom_unattributed_kills",
+        "OOM kills whose container could not be determined.",
+        None,
+        MetricType::Counter,
+    )?
+    .counter(&NO_LABELS, load(&o.unattributed))?;
+    let mut errors = Family::new(
+        encoder,
+        "cgscope_oom_errors",
+        "OOM source problems by reason; each reason is logged once.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, n) in o.errors.snapshot() {
+        errors.counter(&[("reason", reason)], n)?;
+    }
+
     if let Some(k) = &s.kernel {
         let mut prog = Family::new(
             encoder,
@@ -118,8 +146,13 @@ pub fn encode(encoder: &mut DescriptorEncoder, s: &Sources, snapshot: &Snapshot)
             None,
             MetricType::Counter,
         )?;
-        if let Some(v) = k.get(counter::CGROUP_RINGBUF_DROPS) {
-            drops.counter(&[("ringbuf", "cgroup_events")], v)?;
+        for (ring, idx) in [
+            ("cgroup_events", counter::CGROUP_RINGBUF_DROPS),
+            ("oom_events", counter::OOM_RINGBUF_DROPS),
+        ] {
+            if let Some(v) = k.get(idx) {
+                drops.counter(&[("ringbuf", ring)], v)?;
+            }
         }
         let mut read = Family::new(
             encoder,
@@ -128,8 +161,13 @@ pub fn encode(encoder: &mut DescriptorEncoder, s: &Sources, snapshot: &Snapshot)
             None,
             MetricType::Counter,
         )?;
-        if let Some(v) = k.get(counter::CGROUP_READ_ERRORS) {
-            read.counter(&[("program", "cgroup")], v)?;
+        for (program, idx) in [
+            ("cgroup", counter::CGROUP_READ_ERRORS),
+            ("mark_victim", counter::OOM_READ_ERRORS),
+        ] {
+            if let Some(v) = k.get(idx) {
+                read.counter(&[("program", program)], v)?;
+            }
         }
     }
     Ok(())

@@ -51,6 +51,16 @@ pub fn encode(
     for c in &snapshot.containers {
         created.gauge(&labels(c), seconds(c.created))?;
     }
+    let mut oom = Family::new(
+        encoder,
+        "container_oom_events",
+        "Count of out of memory events observed for the container",
+        None,
+        MetricType::Counter,
+    )?;
+    for c in &snapshot.containers {
+        oom.counter(&labels(c), c.oom_kills)?;
+    }
     let mut seen = Family::new(
         encoder,
         "container_last_seen",

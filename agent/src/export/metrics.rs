@@ -27,6 +27,7 @@ pub struct Sources {
     pub discovery: Arc<DiscoveryStats>,
     pub events: SharedEvents,
     pub kernel: Option<Arc<KernelCounters>>,
+    pub oom: Arc<crate::oom::OomStats>,
 }
 
 #[derive(Debug)]
@@ -203,6 +204,7 @@ mod tests {
             )
             .shared(),
             kernel: None,
+            oom: Arc::default(),
             status: Arc::new(Status {
                 modes: vec![Mode {
                     subsystem: "discovery",

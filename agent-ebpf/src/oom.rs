@@ -1,0 +1,186 @@
+//! OOM victims: `tp_btf/mark_victim` (first choice) and the classic
+//! `oom:mark_victim` tracepoint (fallback), into one ring buffer.
+//!
+//! The BTF program walks `task->cgroups->subsys[memory_cgrp_id]` to the
+//! victim's memory cgroup, then up its ancestors to the first one whose
+//! page counter is at its limit: the memory cgroup that ran out. Every
+//! offset is a global set from the kernel's BTF at load time.
+
+use agent_common::{
+    OOM_FLAG_LIMIT_FOUND, OOM_FLAG_MEMCG, OOM_SOURCE_BTF, OOM_SOURCE_TRACEPOINT, OomEvent,
+    TASK_COMM_LEN, counter,
+};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_probe_read_kernel, generated::bpf_ktime_get_boot_ns},
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::RingBuf,
+    programs::{BtfTracePointContext, TracePointContext},
+};
+
+use crate::cgroup::{COUNTERS, bump, global};
+
+#[map]
+static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+// From BTF (see agent/src/ebpf/oom_layout.rs). 0 size/offset pairs that the
+// agent could not find disable the part of the walk that needs them.
+#[unsafe(no_mangle)]
+static TASK_PID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_TGID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_COMM_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_CGROUPS_OFF: u32 = 0;
+/// Offset of `css_set.subsys[memory_cgrp_id]`.
+#[unsafe(no_mangle)]
+static CSS_SET_MEMORY_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CSS_CGROUP_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CSS_PARENT_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_KN_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static KN_ID_OFF: u32 = 0;
+/// Offsets from the memory css of `mem_cgroup.memory.{usage,max}`.
+#[unsafe(no_mangle)]
+static MEMCG_USAGE_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static MEMCG_MAX_OFF: u32 = 0;
+/// Same for `mem_cgroup.memsw` (v1 memory+swap); 0 when absent.
+#[unsafe(no_mangle)]
+static MEMSW_USAGE_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static MEMSW_MAX_OFF: u32 = 0;
+/// Pages below the limit that still count as "at the limit": a failed
+/// charge can leave up to a charge batch unused.
+#[unsafe(no_mangle)]
+static LIMIT_SLACK_PAGES: u32 = 256;
+
+// The classic tracepoint's layout, from tracefs.
+#[unsafe(no_mangle)]
+static MV_PID_OFF: u32 = 8;
+#[unsafe(no_mangle)]
+static MV_COMM_OFF: u32 = 12;
+
+const MAX_DEPTH: usize = 16;
+
+#[inline(always)]
+unsafe fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
+    unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T) }.map_err(|e| e as i64)
+}
+
+#[btf_tracepoint(function = "mark_victim")]
+pub fn mark_victim_btf(ctx: BtfTracePointContext) -> i32 {
+    bump(&COUNTERS, counter::OOM_EVENTS);
+    let task: *const u8 = ctx.arg(0);
+    let Some(mut entry) = OOM_EVENTS.reserve::<OomEvent>(0) else {
+        bump(&COUNTERS, counter::OOM_RINGBUF_DROPS);
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    if unsafe { fill_btf(task, ev) }.is_ok() {
+        entry.submit(0);
+    } else {
+        entry.discard(0);
+        bump(&COUNTERS, counter::OOM_READ_ERRORS);
+    }
+    0
+}
+
+#[inline(always)]
+unsafe fn kn_id(css: *const u8) -> Result<u64, i64> {
+    unsafe {
+        let cgrp: *const u8 = read(css, global(&CSS_CGROUP_OFF))?;
+        let kn: *const u8 = read(cgrp, global(&CGROUP_KN_OFF))?;
+        read(kn, global(&KN_ID_OFF))
+    }
+}
+
+#[inline(always)]
+unsafe fn at_limit(css: *const u8, usage_off: u32, max_off: u32) -> bool {
+    if usage_off == 0 || max_off == 0 {
+        return false;
+    }
+    let (Ok(usage), Ok(max)) = (unsafe { read::<u64>(css, usage_off) }, unsafe {
+        read::<u64>(css, max_off)
+    }) else {
+        return false;
+    };
+    usage.saturating_add(u64::from(global(&LIMIT_SLACK_PAGES))) >= max
+}
+
+unsafe fn fill_btf(task: *const u8, ev: *mut OomEvent) -> Result<(), i64> {
+    unsafe {
+        (*ev).source = OOM_SOURCE_BTF;
+        (*ev).flags = 0;
+        (*ev).memcg_id = 0;
+        (*ev).oom_memcg_id = 0;
+        (*ev).boot_ns = bpf_ktime_get_boot_ns();
+        (*ev).pid = read::<i32>(task, global(&TASK_PID_OFF))? as u32;
+        (*ev).tgid = read::<i32>(task, global(&TASK_TGID_OFF))? as u32;
+        (*ev).comm = read::<[u8; TASK_COMM_LEN]>(task, global(&TASK_COMM_OFF))?;
+
+        let cgroups: *const u8 = read(task, global(&TASK_CGROUPS_OFF))?;
+        let mut css: *const u8 = read(cgroups, global(&CSS_SET_MEMORY_OFF))?;
+        if css.is_null() {
+            return Ok(());
+        }
+        (*ev).memcg_id = kn_id(css)?;
+        (*ev).flags |= OOM_FLAG_MEMCG;
+        for _ in 0..MAX_DEPTH {
+            if at_limit(css, global(&MEMCG_USAGE_OFF), global(&MEMCG_MAX_OFF))
+                || at_limit(css, global(&MEMSW_USAGE_OFF), global(&MEMSW_MAX_OFF))
+            {
+                (*ev).oom_memcg_id = kn_id(css)?;
+                (*ev).flags |= OOM_FLAG_LIMIT_FOUND;
+                break;
+            }
+            css = read(css, global(&CSS_PARENT_OFF))?;
+            if css.is_null() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
+    bump(&COUNTERS, counter::OOM_EVENTS);
+    let Some(mut entry) = OOM_EVENTS.reserve::<OomEvent>(0) else {
+        bump(&COUNTERS, counter::OOM_RINGBUF_DROPS);
+        return 0;
+    };
+    if fill_tp(&ctx, entry.as_mut_ptr()).is_ok() {
+        entry.submit(0);
+    } else {
+        entry.discard(0);
+        bump(&COUNTERS, counter::OOM_READ_ERRORS);
+    }
+    0
+}
+
+fn fill_tp(ctx: &TracePointContext, ev: *mut OomEvent) -> Result<(), i64> {
+    let pid: i32 = unsafe { ctx.read_at(global(&MV_PID_OFF) as usize) }.map_err(|e| e as i64)?;
+    let comm_at = global(&MV_COMM_OFF);
+    unsafe {
+        (*ev).source = OOM_SOURCE_TRACEPOINT;
+        (*ev).flags = 0;
+        (*ev).pid = pid as u32;
+        (*ev).tgid = 0;
+        (*ev).memcg_id = 0;
+        (*ev).oom_memcg_id = 0;
+        (*ev).boot_ns = bpf_ktime_get_boot_ns();
+        (*ev).comm = [0; TASK_COMM_LEN];
+        // Older kernels record no comm (offset 0).
+        if comm_at != 0 {
+            let loc: u32 = ctx.read_at(comm_at as usize).map_err(|e| e as i64)?;
+            let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+            (*ev).comm = bpf_probe_read_kernel(src as *const [u8; TASK_COMM_LEN]).map_err(|e| e as i64)?;
+        }
+    }
+    Ok(())
+}

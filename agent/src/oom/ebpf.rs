@@ -1,0 +1,209 @@
+//! OOM victims from the eBPF programs' ring buffer.
+
+use std::{fs, os::unix::fs::MetadataExt as _, path::Path, sync::Arc, time::Duration};
+
+use agent_common::{OomEvent, OOM_FLAG_LIMIT_FOUND, OOM_FLAG_MEMCG};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::{mpsc, oneshot},
+};
+
+use super::{comm_str, OomKill, OomStats};
+use crate::{
+    cgroup::hierarchy::{Hierarchies, Hierarchy},
+    discovery::{ebpf::BootClock, join},
+    registry::Msg,
+};
+
+pub async fn run(
+    ring: RingBuf<MapData>,
+    hierarchies: Arc<Hierarchies>,
+    stats: Arc<OomStats>,
+    tx: mpsc::Sender<Msg>,
+) {
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot poll the OOM ring buffer; OOM kills will not be seen");
+            return;
+        }
+    };
+    let memory = hierarchies.with_controller("memory").cloned();
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "polling the OOM ring buffer failed");
+                return;
+            }
+        };
+        let mut events = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() >= std::mem::size_of::<OomEvent>() {
+                // SAFETY: size checked; OomEvent is plain old data.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<OomEvent>()) });
+            } else {
+                stats.errors.record(
+                    "short_record",
+                    format!("OOM record of {} bytes", item.len()),
+                );
+            }
+        }
+        guard.clear_ready();
+        let clock = BootClock::now();
+        for ev in events {
+            let kill = attribute(&ev, memory.as_ref(), &clock, &tx, &stats).await;
+            tracing::info!(pid = kill.pid, comm = %kill.comm, victim = ?kill.victim, oom = ?kill.oom, "OOM kill");
+            stats.count(&kill);
+            if tx.send(Msg::Oom(kill)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn attribute(
+    ev: &OomEvent,
+    memory: Option<&Hierarchy>,
+    clock: &BootClock,
+    tx: &mpsc::Sender<Msg>,
+    stats: &OomStats,
+) -> OomKill {
+    let mut kill = OomKill {
+        at: clock.wall(ev.boot_ns),
+        pid: if ev.tgid != 0 { ev.tgid } else { ev.pid },
+        comm: comm_str(&ev.comm),
+        victim: None,
+        oom: None,
+        constraint: String::new(),
+    };
+    let Some(memory) = memory else {
+        stats.errors.record(
+            "no_memory_hierarchy",
+            "no memory controller is mounted: OOM kills cannot be attributed",
+        );
+        return kill;
+    };
+    if ev.flags & OOM_FLAG_MEMCG != 0 {
+        kill.victim = resolve(tx, memory, ev.memcg_id).await;
+        if ev.flags & OOM_FLAG_LIMIT_FOUND != 0 {
+            kill.oom = if ev.oom_memcg_id == ev.memcg_id {
+                kill.victim.clone()
+            } else {
+                resolve(tx, memory, ev.oom_memcg_id).await
+            };
+            kill.constraint = "CONSTRAINT_MEMCG".into();
+        } else {
+            kill.oom = Some(Arc::from("/"));
+            kill.constraint = "CONSTRAINT_NONE".into();
+        }
+    } else {
+        // The classic tracepoint: ask /proc while the victim still exists.
+        let from_proc = victim_from_proc(ev.pid, memory);
+        if kill.comm.is_empty() {
+            kill.comm = fs::read_to_string(format!("/proc/{}/comm", ev.pid))
+                .map(|c| c.trim().to_owned())
+                .unwrap_or_default();
+        }
+        kill.victim = from_proc.clone();
+        kill.oom = from_proc;
+    }
+    if kill.victim.is_none() {
+        stats.errors.record(
+            "unattributed",
+            format!(
+                "OOM kill of pid {} ({}): its memory cgroup could not be resolved",
+                kill.pid, kill.comm
+            ),
+        );
+    }
+    kill
+}
+
+/// The container of a memory cgroup id: asks the registry (retrying, as the
+/// cgroup's mkdir event may still be queued), then walks the hierarchy.
+async fn resolve(tx: &mpsc::Sender<Msg>, memory: &Hierarchy, id: u64) -> Option<Arc<str>> {
+    for attempt in 0..5u64 {
+        let (reply, rx) = oneshot::channel();
+        tx.send(Msg::Resolve {
+            hierarchy: memory.id,
+            id,
+            reply,
+        })
+        .await
+        .ok()?;
+        if let Ok(Some(path)) = rx.await {
+            return Some(path);
+        }
+        tokio::time::sleep(Duration::from_millis(10 * (attempt + 1))).await;
+    }
+    let mount = memory.mount.clone();
+    tokio::task::spawn_blocking(move || find_by_inode(&mount, "/", id))
+        .await
+        .ok()
+        .flatten()
+        .map(Arc::from)
+}
+
+fn find_by_inode(dir: &Path, path: &str, ino: u64) -> Option<String> {
+    if fs::metadata(dir).ok()?.ino() == ino {
+        return Some(path.to_owned());
+    }
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let name = entry.file_name();
+            let child = join(path, name.to_str()?);
+            if let Some(found) = find_by_inode(&entry.path(), &child, ino) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// The memory cgroup of `pid` from `/proc/<pid>/cgroup`.
+fn victim_from_proc(pid: u32, memory: &Hierarchy) -> Option<Arc<str>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = memory_path(&text, memory)?;
+    memory.mount_relative(path).map(Arc::from)
+}
+
+fn memory_path<'a>(proc_cgroup: &'a str, memory: &Hierarchy) -> Option<&'a str> {
+    proc_cgroup.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let id: u32 = parts.next()?.parse().ok()?;
+        let _ = parts.next()?;
+        (id == memory.id).then(|| parts.next()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::hierarchy::Version;
+
+    #[test]
+    fn memory_line_of_proc_cgroup() {
+        let h = Hierarchy {
+            id: 4,
+            version: Version::V1,
+            controllers: vec!["memory".into()],
+            mount: "/sys/fs/cgroup/memory".into(),
+            mount_root: "/".into(),
+        };
+        let text = "9:name=systemd:/\n4:memory:/test/oom1\n0::/\n";
+        assert_eq!(memory_path(text, &h), Some("/test/oom1"));
+        assert_eq!(memory_path("0::/x\n", &h), None);
+    }
+
+    #[test]
+    fn finds_a_directory_by_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        let ino = fs::metadata(dir.path().join("a/b")).unwrap().ino();
+        assert_eq!(find_by_inode(dir.path(), "/", ino).as_deref(), Some("/a/b"));
+        assert_eq!(find_by_inode(dir.path(), "/", 1).as_deref(), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! The kernel log as an OOM source: `/dev/kmsg`, or a regular file of
+//! records in the same format (replayed from its start, then followed like
+//! `tail -f`).
+//!
+//! On `/dev/kmsg` the reader starts at the end of the ring buffer, so a
+//! restart does not count old kills again; sequence numbers guard against
+//! replays. Reads block, so the reader has its own thread.
+
+use std::{
+    fs::File,
+    io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom},
+    os::unix::fs::FileTypeExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread,
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::mpsc;
+
+use super::{
+    parser::{parse_record, KillReport, Parser},
+    OomKill, OomStats,
+};
+use crate::{cgroup::hierarchy::Hierarchy, registry::Msg};
+
+/// Opens `path` (failing early and clearly, e.g. without CAP_SYSLOG) and
+/// starts following it on a thread of its own.
+pub fn spawn(
+    path: &Path,
+    memory: Option<Hierarchy>,
+    stats: Arc<OomStats>,
+    tx: mpsc::Sender<Msg>,
+) -> io::Result<()> {
+    let mut file = File::open(path)?;
+    let is_device = file.metadata()?.file_type().is_char_device();
+    if is_device {
+        // Only kills from now on.
+        file.seek(SeekFrom::End(0))?;
+    }
+    let path = path.to_path_buf();
+    thread::Builder::new().name("cgscope-kmsg".into()).spawn(move || {
+        let mut follower = Follower {
+            parser: Parser::new(),
+            last_seq: None,
+            memory,
+            stats,
+            tx,
+            boot: crate::discovery::walk::boot_time().unwrap_or(SystemTime::UNIX_EPOCH),
+        };
+        let result = if is_device {
+            follower.device(file)
+        } else {
+            follower.file(file, &path)
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, path = %path.display(), "reading the kernel log stopped; OOM kills are no longer seen");
+        }
+    })?;
+    Ok(())
+}
+
+struct Follower {
+    parser: Parser,
+    last_seq: Option<u64>,
+    memory: Option<Hierarchy>,
+    stats: Arc<OomStats>,
+    tx: mpsc::Sender<Msg>,
+    boot: SystemTime,
+}
+
+impl Follower {
+    /// /dev/kmsg: one record per read().
+    fn device(&mut self, mut file: File) -> io::Result<()> {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    if !self.record(&buf[..n]) {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+                    // Records were overwritten before we read them.
+                    self.stats.errors.record(
+                        "kmsg_overwritten",
+                        "kernel log records were overwritten before they were read",
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.stats.errors.record(
+                        "kmsg_record_too_long",
+                        "a kernel log record did not fit the read buffer",
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A regular file: every line is a record; at its end, wait for more.
+    fn file(&mut self, file: File, path: &PathBuf) -> io::Result<()> {
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        loop {
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 || !line.ends_with(b"\n") {
+                // At the end (maybe mid-line): keep what we have, wait.
+                thread::sleep(Duration::from_millis(100));
+                if self.tx.is_closed() {
+                    return Ok(());
+                }
+                if std::fs::metadata(path).is_err() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "the file was removed",
+                    ));
+                }
+                continue;
+            }
+            // Continuation lines (` KEY=value`) belong to the record above.
+            if !line.starts_with(b" ") && !self.record(&line) {
+                return Ok(());
+            }
+            line.clear();
+        }
+    }
+
+    /// Handles one record; false when the registry is gone.
+    fn record(&mut self, bytes: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(bytes);
+        let Some(rec) = parse_record(text.trim_end_matches('\n')) else {
+            self.stats.errors.record(
+                "kmsg_malformed",
+                format!("not a kernel log record: {:?}", truncate(&text)),
+            );
+            return true;
+        };
+        if self.last_seq.is_some_and(|last| rec.seq <= last) {
+            return true;
+        }
+        self.last_seq = Some(rec.seq);
+        let Some(report) = self.parser.feed(rec.msg, Some(rec.ts_us)) else {
+            return true;
+        };
+        let kill = self.attribute(report);
+        tracing::info!(pid = kill.pid, comm = %kill.comm, victim = ?kill.victim, oom = ?kill.oom, "OOM kill");
+        self.stats.count(&kill);
+        self.tx.blocking_send(Msg::Oom(kill)).is_ok()
+    }
+
+    fn attribute(&self, r: KillReport) -> OomKill {
+        let map = |p: Option<String>| -> Option<Arc<str>> {
+            let p = p?;
+            match &self.memory {
+                Some(h) => h.mount_relative(&p).map(Arc::from),
+                None => Some(Arc::from(p.as_str())),
+            }
+        };
+        let now = SystemTime::now();
+        let at = r
+            .ts_us
+            .map(|us| self.boot + Duration::from_micros(us))
+            .filter(|t| *t <= now)
+            .unwrap_or(now);
+        let victim = map(r.task_memcg);
+        if victim.is_none() {
+            self.stats.errors.record(
+                "unattributed",
+                format!(
+                    "OOM kill of pid {} ({}): the kernel log names no cgroup",
+                    r.pid, r.comm
+                ),
+            );
+        }
+        OomKill {
+            at,
+            pid: r.pid,
+            comm: r.comm,
+            victim,
+            oom: map(r.oom_memcg).or_else(|| Some(Arc::from("/"))),
+            constraint: r.constraint,
+        }
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    let end = s.char_indices().nth(80).map_or(s.len(), |(i, _)| i);
+    &s[..end]
+}

@@ -1,0 +1,67 @@
+//! OOM kills: from the kernel's `mark_victim` tracepoint through eBPF, or
+//! from the kernel log (`/dev/kmsg`) as the fallback. Both end as an
+//! [`OomKill`] with container paths, which the registry counts against the
+//! containers (and keeps for their retention) and turns into events.
+
+pub mod ebpf;
+pub mod kmsg;
+pub mod parser;
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::SystemTime,
+};
+
+use crate::errors::ErrorCounts;
+
+/// One killed task, attributed to containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OomKill {
+    pub at: SystemTime,
+    pub pid: u32,
+    pub comm: String,
+    /// The killed task's container (cgroup path); `None` when it could not
+    /// be resolved.
+    pub victim: Option<Arc<str>>,
+    /// The memory cgroup whose limit was hit; `/` for a global OOM.
+    pub oom: Option<Arc<str>>,
+    pub constraint: String,
+}
+
+pub const OOM_MODES: &[&str] = &["ebpf", "kmsg", "none"];
+
+#[derive(Debug)]
+pub struct OomStats {
+    pub kills: AtomicU64,
+    /// Kills whose container could not be determined.
+    pub unattributed: AtomicU64,
+    pub errors: ErrorCounts,
+}
+
+impl Default for OomStats {
+    fn default() -> Self {
+        Self {
+            kills: AtomicU64::new(0),
+            unattributed: AtomicU64::new(0),
+            errors: ErrorCounts::new("oom"),
+        }
+    }
+}
+
+impl OomStats {
+    pub fn count(&self, kill: &OomKill) {
+        self.kills.fetch_add(1, Ordering::Relaxed);
+        if kill.victim.is_none() {
+            self.unattributed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Trims a kernel `comm` buffer at its NUL.
+pub fn comm_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}

@@ -1,0 +1,284 @@
+//! OOM kills end to end: a memory-limited cgroup of the test's own, a
+//! process of the test's own that allocates past the limit, the real agent
+//! in eBPF and in kmsg mode.
+
+use std::{
+    fs,
+    io::Write as _,
+    process::{Command, ExitStatus},
+    time::Duration,
+};
+
+use tests::{
+    cgroups::{wait_for, CgroupTree},
+    expect_ebpf, require_root, Agent, Metrics,
+};
+
+fn modes(test: &str) -> Vec<&'static str> {
+    if !require_root(test) {
+        return vec![];
+    }
+    if expect_ebpf() {
+        vec!["ebpf", "kmsg"]
+    } else {
+        eprintln!("{test}: CGSCOPE_EXPECT_EBPF not set, testing kmsg only");
+        vec!["kmsg"]
+    }
+}
+
+/// Runs `tail /dev/zero` (it buffers an endless line) inside the cgroup
+/// until the OOM killer ends it. Returns its pid and exit status.
+fn run_hog(tree: &CgroupTree, rel: &str) -> (u32, ExitStatus) {
+    let procs = tree.dir("memory", rel).join("cgroup.procs");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec tail /dev/zero",
+            procs.display()
+        ))
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let status = child.wait().unwrap();
+    (pid, status)
+}
+
+fn limit(tree: &CgroupTree, rel: &str, bytes: u64) {
+    fs::write(
+        tree.dir("memory", rel).join("memory.limit_in_bytes"),
+        bytes.to_string(),
+    )
+    .unwrap();
+}
+
+fn oom_kill_file(tree: &CgroupTree, rel: &str) -> u64 {
+    let text = fs::read_to_string(tree.dir("memory", rel).join("memory.oom_control")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("memory.oom_control has oom_kill")
+}
+
+fn oom_count(m: &Metrics, path: &str) -> Option<f64> {
+    m.value("container_oom_events_total", &[("id", path)])
+}
+
+fn events(agent: &Agent, path: &str, kind: &str) -> String {
+    let r = agent
+        .get(
+            &format!("/api/v2.0/events{path}?{kind}=true&max_events=-1"),
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+const MIB64: u64 = 64 << 20;
+
+#[test]
+fn a_kill_is_counted_against_its_container_and_survives_removal() {
+    for mode in modes("a_kill_is_counted_against_its_container_and_survives_removal") {
+        let agent = Agent::start(&["--oom-source", mode, "--container-retention", "2m"]);
+        let m = agent.scrape();
+        assert_eq!(
+            m.value("cgscope_mode", &[("subsystem", "oom"), ("mode", mode)]),
+            Some(1.0),
+            "{}",
+            agent.log()
+        );
+        let tree = CgroupTree::new(&format!("oom-{mode}"), &["memory"]);
+        tree.mkdir("victim").unwrap();
+        limit(&tree, "victim", MIB64);
+        let path = tree.path("victim");
+        wait_for("the cgroup is known", Duration::from_secs(10), || {
+            oom_count(&agent.scrape(), &path) == Some(0.0)
+        });
+        let (pid, status) = run_hog(&tree, "victim");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "the hog was OOM-killed"
+        );
+        wait_for(
+            &format!("[{mode}] container_oom_events_total = 1"),
+            Duration::from_secs(10),
+            || oom_count(&agent.scrape(), &path) == Some(1.0),
+        );
+        assert_eq!(
+            oom_kill_file(&tree, "victim"),
+            1,
+            "the kernel's own counter agrees"
+        );
+        let kills = events(&agent, &path, "oom_kill_events");
+        assert!(
+            kills.contains(&format!("\"pid\":{pid}")),
+            "[{mode}] {kills}"
+        );
+        assert!(
+            kills.contains("\"process_name\":\"tail\""),
+            "[{mode}] {kills}"
+        );
+        assert!(
+            kills.contains(&format!("\"container_name\":\"{path}\"")),
+            "[{mode}] {kills}"
+        );
+        let ooms = events(&agent, &path, "oom_events");
+        assert!(ooms.contains("\"event_type\":\"oom\""), "[{mode}] {ooms}");
+
+        // The count outlives the cgroup (within the retention).
+        tree.rmdir("victim").unwrap();
+        wait_for("the removal is seen", Duration::from_secs(10), || {
+            agent
+                .scrape()
+                .value(
+                    "cgscope_container_lifecycle_events_total",
+                    &[("event", "deletion")],
+                )
+                .unwrap_or(0.0)
+                >= 1.0
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            oom_count(&agent.scrape(), &path),
+            Some(1.0),
+            "[{mode}] still scrapeable after removal"
+        );
+        drop(agent);
+
+        // A restarted agent does not count the old kill again.
+        let again = Agent::start(&["--oom-source", mode]);
+        std::thread::sleep(Duration::from_millis(500));
+        let replay = events(&again, &tree.prefix, "oom_kill_events&subcontainers");
+        assert_eq!(
+            replay.trim(),
+            "[]",
+            "[{mode}] old kills are not replayed: {replay}"
+        );
+    }
+}
+
+#[test]
+fn nested_limit_charges_oom_to_the_parent_and_the_kill_to_the_child() {
+    for mode in modes("nested_limit_charges_oom_to_the_parent_and_the_kill_to_the_child") {
+        let agent = Agent::start(&["--oom-source", mode]);
+        let tree = CgroupTree::new(&format!("oomnest-{mode}"), &["memory"]);
+        tree.mkdir("parent").unwrap();
+        tree.mkdir("parent/child").unwrap();
+        limit(&tree, "parent", MIB64);
+        let (parent, child) = (tree.path("parent"), tree.path("parent/child"));
+        wait_for("both cgroups are known", Duration::from_secs(10), || {
+            let m = agent.scrape();
+            oom_count(&m, &parent).is_some() && oom_count(&m, &child).is_some()
+        });
+        let (pid, _) = run_hog(&tree, "parent/child");
+        wait_for(
+            &format!("[{mode}] the kill is counted"),
+            Duration::from_secs(10),
+            || oom_count(&agent.scrape(), &child) == Some(1.0),
+        );
+        let m = agent.scrape();
+        assert_eq!(
+            oom_count(&m, &parent),
+            Some(0.0),
+            "[{mode}] the kill belongs to the child"
+        );
+        assert_eq!(
+            (
+                oom_kill_file(&tree, "parent/child"),
+                oom_kill_file(&tree, "parent")
+            ),
+            (1, 0)
+        );
+        let ooms = events(&agent, &parent, "oom_events");
+        assert!(
+            ooms.contains(&format!("\"container_name\":\"{parent}\"")),
+            "[{mode}] oom on the parent: {ooms}"
+        );
+        let kills = events(&agent, &child, "oom_kill_events");
+        assert!(
+            kills.contains(&format!("\"pid\":{pid}")),
+            "[{mode}] oomKill on the child: {kills}"
+        );
+    }
+}
+
+#[test]
+fn a_recorded_kernel_log_is_replayed_and_followed() {
+    if !require_root("a_recorded_kernel_log_is_replayed_and_followed") {
+        return;
+    }
+    let tree = CgroupTree::new("oomreplay", &["memory"]);
+    tree.mkdir("a").unwrap();
+    tree.mkdir("b").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("kmsg.log");
+    let record = |seq: u32, path: &str, pid: u32, name: &str| {
+        format!(
+            "4,{seq},751023714,-;{name} invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0\n \
+             SUBSYSTEM=memory\n\
+             6,{},751024248,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg={path},task_memcg={path},task={name},pid={pid},uid=0\n\
+             4,{},751024250,-;an unrelated line from another subsystem\n\
+             3,{},751024319,-;Memory cgroup out of memory: Killed process {pid} ({name}) total-vm:68268kB, anon-rss:65280kB, file-rss:1248kB, shmem-rss:0kB, UID:0 pgtables:172kB oom_score_adj:0\n",
+            seq + 1,
+            seq + 2,
+            seq + 3
+        )
+    };
+    fs::write(&log, record(10, &tree.path("a"), 700, "my hog (v2)")).unwrap();
+    let agent = Agent::start(&["--oom-source", "kmsg", "--kmsg-path", log.to_str().unwrap()]);
+    wait_for(
+        "the recorded kill is replayed",
+        Duration::from_secs(10),
+        || oom_count(&agent.scrape(), &tree.path("a")) == Some(1.0),
+    );
+    let kills = events(&agent, &tree.path("a"), "oom_kill_events");
+    assert!(
+        kills.contains("\"process_name\":\"my hog (v2)\""),
+        "{kills}"
+    );
+    // Appended later: followed like tail -f, including a garbage line and
+    // a repeated (older) sequence number that must not count twice.
+    let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"this is not a kmsg record\n").unwrap();
+    f.write_all(record(10, &tree.path("a"), 700, "my hog (v2)").as_bytes())
+        .unwrap();
+    f.write_all(record(20, &tree.path("b"), 701, "other").as_bytes())
+        .unwrap();
+    drop(f);
+    wait_for("the appended kill is seen", Duration::from_secs(10), || {
+        oom_count(&agent.scrape(), &tree.path("b")) == Some(1.0)
+    });
+    let m = agent.scrape();
+    assert_eq!(
+        oom_count(&m, &tree.path("a")),
+        Some(1.0),
+        "a replayed sequence number counts once"
+    );
+    assert_eq!(
+        m.value("cgscope_oom_errors_total", &[("reason", "kmsg_malformed")]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn an_unreadable_kernel_log_is_reported_not_fatal() {
+    let agent = Agent::start(&[
+        "--oom-source",
+        "kmsg",
+        "--kmsg-path",
+        "/nonexistent/kmsg",
+        "--discovery",
+        "inotify",
+    ]);
+    let m = agent.scrape();
+    assert_eq!(
+        m.value("cgscope_mode", &[("subsystem", "oom"), ("mode", "none")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value("cgscope_oom_errors_total", &[("reason", "kmsg_unreadable")]),
+        Some(1.0)
+    );
+    assert!(agent.get("/healthz", None).unwrap().status == 200);
+}
