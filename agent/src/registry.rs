@@ -573,6 +573,7 @@ mod tests {
         // A kill in a cgroup nobody tracks: events, no counter, no panic.
         let mut stray = kill;
         stray.victim = Some(Arc::from("/unknown"));
+        stray.oom = None;
         assert!(!r.apply(Msg::Oom(stray)));
         assert_eq!(r.oom_stats.errors.get("container_unknown"), 1);
     }
