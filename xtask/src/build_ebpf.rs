@@ -25,7 +25,7 @@ pub const OBJECT_NAME: &str = "cgscope.bpf.o";
 
 /// Variables cargo sets for `cargo xtask` itself that would point the nested
 /// nightly build at the wrong compiler or flags.
-const LEAKING_ENV: &[&str] = &[
+pub const LEAKING_ENV: &[&str] = &[
     "RUSTC",
     "RUSTC_WRAPPER",
     "RUSTC_WORKSPACE_WRAPPER",

@@ -3,6 +3,7 @@
 mod bench;
 mod build_ebpf;
 mod cmd;
+mod fuzz;
 mod run;
 mod test;
 
@@ -36,6 +37,12 @@ enum Command {
         #[arg(default_value = "all")]
         what: String,
     },
+    /// Fuzz the kernel-log OOM parser (cargo-fuzz, nightly).
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Build everything and run every test: unit, eBPF and end-to-end.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -50,6 +57,7 @@ fn main() -> Result<()> {
         Command::BuildEbpf => build_ebpf::run(&root).map(|_| ()),
         Command::Run { debug, args } => run::run(&root, !debug, &args),
         Command::Test { args } => test::run(&root, &args),
+        Command::Fuzz { seconds } => fuzz::run(&root, seconds),
         Command::Bench { what } => bench::run(&root, &what),
     }
 }

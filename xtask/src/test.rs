@@ -29,6 +29,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             .arg(&no_ebpf)
             .env("CGSCOPE_EBPF_DIR", &empty),
     )?;
+    // A short, fixed budget here; `cargo xtask fuzz` runs longer on demand.
+    // First, so the test summary is the run's last line.
+    crate::fuzz::run(root, 30)?;
     if !cmd::is_root() {
         eprintln!(
             "xtask: not root: tests that need root or BPF will print SKIPPED \
