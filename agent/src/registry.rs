@@ -337,6 +337,8 @@ impl Registry {
     /// cgroup's, removed ones included (within their retention), and
     /// records cAdvisor's two events.
     fn oom(&mut self, kill: OomKill) -> bool {
+        // The OOM benchmark measures the kernel's kill → here from this line.
+        tracing::trace!(pid = kill.pid, victim = ?kill.victim, "recorded OOM kill");
         let mut changed = false;
         if let Some(e) = kill.victim.as_ref().and_then(|v| self.entries.get_mut(v)) {
             Arc::make_mut(&mut e.info).oom_kills += 1;

@@ -164,7 +164,7 @@ fn find_by_inode(dir: &Path, path: &str, ino: u64) -> Option<String> {
 }
 
 /// The memory cgroup of `pid` from `/proc/<pid>/cgroup`.
-fn victim_from_proc(pid: u32, memory: &Hierarchy) -> Option<Arc<str>> {
+pub(crate) fn victim_from_proc(pid: u32, memory: &Hierarchy) -> Option<Arc<str>> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = memory_path(&text, memory)?;
     memory.mount_relative(path).map(Arc::from)

@@ -165,7 +165,12 @@ impl Follower {
             .map(|us| self.boot + Duration::from_micros(us))
             .filter(|t| *t <= now)
             .unwrap_or(now);
-        let victim = map(r.task_memcg);
+        // Past 10 kills in 5 s the kernel rate-limits the report header
+        // that names the cgroups; the victim may still be in /proc.
+        let victim = map(r.task_memcg).or_else(|| {
+            let memory = self.memory.as_ref()?;
+            super::ebpf::victim_from_proc(r.pid, memory)
+        });
         if victim.is_none() {
             self.stats.errors.record(
                 "unattributed",

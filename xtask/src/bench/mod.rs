@@ -2,6 +2,7 @@
 //! Never timed tests: numbers are reported, not asserted.
 
 mod discovery;
+mod oom;
 
 use std::{
     fs,
@@ -29,8 +30,12 @@ pub fn run(root: &Path, what: &str) -> Result<()> {
     let bin = root.join("target/release/cgscope");
     match what {
         "discovery" => discovery::run(&bin),
-        "all" => discovery::run(&bin),
-        other => bail!("unknown benchmark {other:?} (known: discovery, all)"),
+        "oom" => oom::run(&bin),
+        "all" => {
+            discovery::run(&bin)?;
+            oom::run(&bin)
+        }
+        other => bail!("unknown benchmark {other:?} (known: discovery, oom, all)"),
     }
 }
 
