@@ -65,6 +65,28 @@ pub struct Config {
     #[arg(long, default_value = "default=24h", value_parser = crate::events::parse_age_policy)]
     pub event_storage_age_limit: crate::events::PerType<Duration>,
 
+    /// Metric groups to collect and export, replacing the default set
+    /// (cAdvisor's names: cpu, percpu, memory, diskIO, network, process,
+    /// oom_event, pressure, hugetlb).
+    #[arg(long, value_delimiter = ',')]
+    pub enable_metrics: Option<Vec<String>>,
+
+    /// Metric groups to leave out of the default set.
+    #[arg(long, value_delimiter = ',')]
+    pub disable_metrics: Vec<String>,
+
+    /// Base interval between two collections of a container.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub housekeeping_interval: Duration,
+
+    /// Longest interval a container whose counters do not move backs off to.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub max_housekeeping_interval: Duration,
+
+    /// How long samples are kept per container (the stats cache).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub storage_duration: Duration,
+
     /// How often machine information is re-read.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub update_machine_info_interval: Duration,
@@ -149,5 +171,130 @@ mod tests {
         assert_eq!(c.discovery, DiscoveryMode::Inotify);
         assert_eq!(c.log_format, LogFormat::Json);
         assert!(Config::try_parse_from(["cgscope", "--discovery", "magic"]).is_err());
+    }
+}
+
+/// The metric groups (cAdvisor's `MetricKind`s) this agent collects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Groups {
+    pub cpu: bool,
+    pub percpu: bool,
+    pub memory: bool,
+    pub disk_io: bool,
+    pub network: bool,
+    pub process: bool,
+    pub oom_event: bool,
+    pub pressure: bool,
+    pub hugetlb: bool,
+}
+
+/// Names cAdvisor accepts that cgscope knows but does not collect (their
+/// values are 0 or absent in the kubelet too); accepted so existing flags
+/// keep working, and warned about once.
+pub const UNSUPPORTED_GROUPS: &[&str] = &[
+    "cpuLoad",
+    "disk",
+    "sched",
+    "memory_numa",
+    "tcp",
+    "advtcp",
+    "udp",
+    "app",
+    "perf_event",
+    "referenced_memory",
+    "cpu_topology",
+    "resctrl",
+    "cpuset",
+];
+
+impl Groups {
+    pub fn all() -> Self {
+        Self {
+            cpu: true,
+            percpu: true,
+            memory: true,
+            disk_io: true,
+            network: true,
+            process: true,
+            oom_event: true,
+            pressure: true,
+            hugetlb: true,
+        }
+    }
+
+    /// The kubelet's set: cpu, memory, diskIO, network, process, oom_event,
+    /// plus pressure (PSI) where the kernel has it.
+    pub fn kubelet() -> Self {
+        Self {
+            percpu: false,
+            hugetlb: false,
+            ..Self::all()
+        }
+    }
+
+    fn slot(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name {
+            "cpu" => &mut self.cpu,
+            "percpu" => &mut self.percpu,
+            "memory" => &mut self.memory,
+            "diskIO" => &mut self.disk_io,
+            "network" => &mut self.network,
+            "process" => &mut self.process,
+            "oom_event" => &mut self.oom_event,
+            "pressure" => &mut self.pressure,
+            "hugetlb" => &mut self.hugetlb,
+            _ => return None,
+        })
+    }
+
+    /// Applies `--enable-metrics` / `--disable-metrics`; returns the names
+    /// that are accepted but not collected.
+    pub fn from_flags(
+        enable: Option<&[String]>,
+        disable: &[String],
+    ) -> Result<(Self, Vec<String>), String> {
+        let mut g = match enable {
+            Some(_) => Self {
+                cpu: false,
+                percpu: false,
+                memory: false,
+                disk_io: false,
+                network: false,
+                process: false,
+                oom_event: false,
+                pressure: false,
+                hugetlb: false,
+            },
+            None => Self::kubelet(),
+        };
+        let mut unsupported = Vec::new();
+        for (names, on) in [(enable.unwrap_or_default(), true), (disable, false)] {
+            for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+                match g.slot(name) {
+                    Some(slot) => *slot = on,
+                    None if UNSUPPORTED_GROUPS.contains(&name) => unsupported.push(name.to_owned()),
+                    None => return Err(format!("unknown metric group {name:?}")),
+                }
+            }
+        }
+        Ok((g, unsupported))
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+
+    #[test]
+    fn metric_groups() {
+        let (g, _) = Groups::from_flags(None, &[]).unwrap();
+        assert_eq!(g, Groups::kubelet());
+        assert!(g.cpu && !g.percpu && g.process && g.pressure);
+        let (g, u) = Groups::from_flags(Some(&["cpu".into(), "cpuLoad".into()]), &[]).unwrap();
+        assert!(g.cpu && !g.memory);
+        assert_eq!(u, ["cpuLoad"]);
+        let (g, _) = Groups::from_flags(None, &["network".into()]).unwrap();
+        assert!(!g.network && g.memory);
+        assert!(Groups::from_flags(None, &["bogus".into()]).is_err());
     }
 }

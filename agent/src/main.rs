@@ -1,7 +1,10 @@
 //! cgscope: per-cgroup resource usage and OOM kills, served as OpenMetrics.
 
+mod cache;
 mod cgroup;
+mod collect;
 mod config;
+mod devices;
 mod discovery;
 mod ebpf;
 mod errors;
@@ -23,10 +26,14 @@ use tokio::{
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::{
-    cgroup::hierarchy::Hierarchies,
-    config::{Config, DiscoveryMode, LogFormat, OomSource},
+    cache::StatsCache,
+    cgroup::{container::Context, hierarchy::Hierarchies},
+    collect::{network::NetworkReader, Cadence, Collector},
+    config::{Config, DiscoveryMode, Groups, LogFormat, OomSource},
+    devices::DeviceNames,
     discovery::{DiscoveryStats, Filter},
     ebpf::Kernel,
+    errors::ErrorCounts,
     events::EventStore,
     export::metrics::Sources,
     machine::{MachineInfo, MachinePaths},
@@ -194,6 +201,37 @@ async fn run(config: Config) -> Result<()> {
     });
     tracing::info!(discovery, oom, "modes chosen");
 
+    let (groups, unsupported) =
+        Groups::from_flags(config.enable_metrics.as_deref(), &config.disable_metrics)
+            .map_err(|e| anyhow::anyhow!("--enable-metrics/--disable-metrics: {e}"))?;
+    if !unsupported.is_empty() {
+        tracing::warn!(groups = ?unsupported, "these cAdvisor metric groups are accepted but not collected by cgscope");
+    }
+    let cache = Arc::new(StatsCache::new(
+        config.storage_duration,
+        config.housekeeping_interval,
+    ));
+    let collector = Arc::new(Collector {
+        hierarchies: hierarchies.clone(),
+        groups,
+        ctx: Context::new(&config.sys_root),
+        proc_root: config.proc_root.clone(),
+        network: NetworkReader::new(&config.proc_root),
+        errors: ErrorCounts::new("collection"),
+        stats: Default::default(),
+    });
+    collect::spawn(
+        collector.clone(),
+        cache.clone(),
+        snapshot.clone(),
+        Cadence {
+            base: config.housekeeping_interval.max(Duration::from_millis(100)),
+            max: config
+                .max_housekeeping_interval
+                .max(config.housekeeping_interval),
+        },
+    );
+
     let machine_rx = spawn_machine_refresh(&config);
     let registry = Arc::new(export::metrics::registry(Sources {
         machine: machine_rx,
@@ -203,6 +241,10 @@ async fn run(config: Config) -> Result<()> {
         events: events.clone(),
         kernel: kernel_counters,
         oom: oom_stats,
+        cache,
+        groups,
+        devices: Arc::new(DeviceNames::new(&config.proc_root)),
+        collect: Some(collector),
     }));
 
     let listener = export::http::bind(config.listen)

@@ -123,6 +123,52 @@ pub fn encode(encoder: &mut DescriptorEncoder, s: &Sources, snapshot: &Snapshot)
         errors.counter(&[("reason", reason)], n)?;
     }
 
+    if let Some(c) = &s.collect {
+        let st = &c.stats;
+        Family::new(
+            encoder,
+            "cgscope_collections",
+            "Container collections (one sample of one container each).",
+            None,
+            MetricType::Counter,
+        )?
+        .counter(&NO_LABELS, load(&st.collections))?;
+        Family::new(
+            encoder,
+            "cgscope_collection_seconds",
+            "Time spent collecting container statistics (wall time in the blocking pool).",
+            None,
+            MetricType::Counter,
+        )?
+        .counter(&NO_LABELS, load(&st.busy_ns) as f64 / 1e9)?;
+        Family::new(
+            encoder,
+            "cgscope_collection_files_read",
+            "cgroup and /proc files read by the collector.",
+            None,
+            MetricType::Counter,
+        )?
+        .counter(&NO_LABELS, load(&st.files_read))?;
+        let mut errors = Family::new(
+            encoder,
+            "cgscope_collection_errors",
+            "Collection problems by reason (the value is absent for that sample); each reason is logged once.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in c.errors.snapshot() {
+            errors.counter(&[("reason", reason)], n)?;
+        }
+    }
+    let mut cache = Family::new(
+        encoder,
+        "cgscope_stats_cache_samples",
+        "Samples held in the stats cache.",
+        None,
+        MetricType::Gauge,
+    )?;
+    cache.gauge(&NO_LABELS, s.cache.samples() as i64)?;
+
     if let Some(k) = &s.kernel {
         let mut prog = Family::new(
             encoder,

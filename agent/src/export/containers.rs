@@ -30,6 +30,7 @@ pub fn encode(
     encoder: &mut DescriptorEncoder,
     snapshot: &Snapshot,
     now: SystemTime,
+    oom_event: bool,
 ) -> fmt::Result {
     let mut start = Family::new(
         encoder,
@@ -51,15 +52,17 @@ pub fn encode(
     for c in &snapshot.containers {
         created.gauge(&labels(c), seconds(c.created))?;
     }
-    let mut oom = Family::new(
-        encoder,
-        "container_oom_events",
-        "Count of out of memory events observed for the container",
-        None,
-        MetricType::Counter,
-    )?;
-    for c in &snapshot.containers {
-        oom.counter(&labels(c), c.oom_kills)?;
+    if oom_event {
+        let mut oom = Family::new(
+            encoder,
+            "container_oom_events",
+            "Count of out of memory events observed for the container",
+            None,
+            MetricType::Counter,
+        )?;
+        for c in &snapshot.containers {
+            oom.counter(&labels(c), c.oom_kills)?;
+        }
     }
     let mut seen = Family::new(
         encoder,

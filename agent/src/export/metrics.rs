@@ -28,6 +28,10 @@ pub struct Sources {
     pub events: SharedEvents,
     pub kernel: Option<Arc<KernelCounters>>,
     pub oom: Arc<crate::oom::OomStats>,
+    pub cache: Arc<crate::cache::StatsCache>,
+    pub groups: crate::config::Groups,
+    pub devices: Arc<crate::devices::DeviceNames>,
+    pub collect: Option<Arc<crate::collect::Collector>>,
 }
 
 #[derive(Debug)]
@@ -83,7 +87,20 @@ impl Collector for AgentCollector {
         let machine = self.sources.machine.borrow().clone();
         encode_machine(&mut encoder, machine.as_deref())?;
         let snapshot = self.sources.registry.borrow().clone();
-        super::containers::encode(&mut encoder, &snapshot, std::time::SystemTime::now())?;
+        super::containers::encode(
+            &mut encoder,
+            &snapshot,
+            std::time::SystemTime::now(),
+            self.sources.groups.oom_event,
+        )?;
+        let latest = self.sources.cache.latest_all();
+        super::stats::encode(
+            &mut encoder,
+            &snapshot,
+            &latest,
+            &self.sources.groups,
+            &self.sources.devices,
+        )?;
         encode_status(&mut encoder, &self.sources.status)?;
         super::agent::encode(&mut encoder, &self.sources, &snapshot)
     }
@@ -205,6 +222,15 @@ mod tests {
             .shared(),
             kernel: None,
             oom: Arc::default(),
+            cache: Arc::new(crate::cache::StatsCache::new(
+                std::time::Duration::from_secs(120),
+                std::time::Duration::from_secs(10),
+            )),
+            groups: crate::config::Groups::kubelet(),
+            devices: Arc::new(crate::devices::DeviceNames::new(std::path::Path::new(
+                "/proc",
+            ))),
+            collect: None,
             status: Arc::new(Status {
                 modes: vec![Mode {
                     subsystem: "discovery",

@@ -6,3 +6,4 @@ pub mod api;
 mod containers;
 pub mod http;
 pub mod metrics;
+mod stats;

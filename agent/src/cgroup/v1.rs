@@ -1,0 +1,308 @@
+//! cgroup v1 files, one controller hierarchy each.
+
+use std::path::Path;
+
+use super::{
+    read::{each_keyed, Reader},
+    stats::{Cpu, DeviceIo, Hugetlb, Memory, Spec},
+};
+use crate::errors::ErrorCounts;
+
+/// `cpuacct.usage`, `cpuacct.usage_percpu`, `cpuacct.stat`.
+pub fn cpuacct(dir: &Path, r: &mut Reader, e: &ErrorCounts, cpu: &mut Cpu, percpu: bool) {
+    cpu.usage_ns = r.number(&dir.join("cpuacct.usage"), e);
+    if percpu {
+        if let Some(text) = r.read(&dir.join("cpuacct.usage_percpu"), e) {
+            cpu.per_cpu_ns = text
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+        }
+    }
+    let path = dir.join("cpuacct.stat");
+    if let Some(text) = r.read(&path, e) {
+        // USER_HZ ticks.
+        let tick_ns = 1_000_000_000 / procfs::ticks_per_second();
+        each_keyed(text, &path, e, |k, v| match k {
+            "user" => cpu.user_ns = Some(v * tick_ns),
+            "system" => cpu.system_ns = Some(v * tick_ns),
+            _ => {}
+        });
+    }
+}
+
+/// `cpu.stat` (throttling, bursts where the kernel has them).
+pub fn cpu_stat(dir: &Path, r: &mut Reader, e: &ErrorCounts, cpu: &mut Cpu) {
+    let path = dir.join("cpu.stat");
+    if let Some(text) = r.read(&path, e) {
+        each_keyed(text, &path, e, |k, v| match k {
+            "nr_periods" => cpu.periods = Some(v),
+            "nr_throttled" => cpu.throttled_periods = Some(v),
+            "throttled_time" => cpu.throttled_ns = Some(v),
+            "nr_bursts" => cpu.bursts = Some(v),
+            "burst_time" => cpu.burst_ns = Some(v),
+            _ => {}
+        });
+    }
+}
+
+pub fn cpu_spec(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec) {
+    spec.has_cpu = true;
+    spec.cpu_quota_us = r.limit(&dir.join("cpu.cfs_quota_us"), e).flatten();
+    spec.cpu_period_us = r.number(&dir.join("cpu.cfs_period_us"), e);
+    spec.cpu_shares = r.number(&dir.join("cpu.shares"), e);
+}
+
+/// Values above this are "unlimited" (the kernel's PAGE_COUNTER_MAX in bytes
+/// rounds to just under 2^63).
+const UNLIMITED: u64 = 1 << 62;
+
+fn limited(v: Option<u64>) -> Option<u64> {
+    v.filter(|&v| v < UNLIMITED)
+}
+
+pub fn memory(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec) -> Memory {
+    let mut m = Memory {
+        usage: r.number(&dir.join("memory.usage_in_bytes"), e),
+        max_usage: r.number(&dir.join("memory.max_usage_in_bytes"), e),
+        failcnt: r.number(&dir.join("memory.failcnt"), e),
+        kernel: r.number(&dir.join("memory.kmem.usage_in_bytes"), e),
+        ..Memory::default()
+    };
+    let path = dir.join("memory.stat");
+    if let Some(text) = r.read(&path, e) {
+        // Hierarchical (`total_*`) values win over the local ones; on every
+        // current kernel use_hierarchy is 1.
+        let (mut local, mut total) = (Memory::default(), Memory::default());
+        each_keyed(text, &path, e, |k, v| {
+            let (target, key) = match k.strip_prefix("total_") {
+                Some(rest) => (&mut total, rest),
+                None => (&mut local, k),
+            };
+            let slot = match key {
+                "cache" => &mut target.cache,
+                "rss" => &mut target.rss,
+                "mapped_file" => &mut target.mapped_file,
+                "swap" => &mut target.swap,
+                "shmem" => &mut target.shmem,
+                "active_file" => &mut target.active_file,
+                "inactive_file" => &mut target.inactive_file,
+                "pgfault" => &mut target.pgfault,
+                "pgmajfault" => &mut target.pgmajfault,
+                "dirty" => &mut target.file_dirty,
+                "writeback" => &mut target.file_writeback,
+                "workingset_refault_file" => &mut target.workingset_refault_file,
+                "workingset_refault_anon" => &mut target.workingset_refault_anon,
+                _ => return,
+            };
+            *slot = Some(v);
+        });
+        let pick = |t: Option<u64>, l: Option<u64>| t.or(l);
+        m.cache = pick(total.cache, local.cache);
+        m.rss = pick(total.rss, local.rss);
+        m.mapped_file = pick(total.mapped_file, local.mapped_file);
+        m.swap = pick(total.swap, local.swap);
+        m.shmem = pick(total.shmem, local.shmem);
+        m.active_file = pick(total.active_file, local.active_file);
+        m.inactive_file = pick(total.inactive_file, local.inactive_file);
+        m.pgfault = pick(total.pgfault, local.pgfault);
+        m.pgmajfault = pick(total.pgmajfault, local.pgmajfault);
+        m.file_dirty = pick(total.file_dirty, local.file_dirty);
+        m.file_writeback = pick(total.file_writeback, local.file_writeback);
+        m.workingset_refault_file =
+            pick(total.workingset_refault_file, local.workingset_refault_file);
+        m.workingset_refault_anon =
+            pick(total.workingset_refault_anon, local.workingset_refault_anon);
+    }
+    let path = dir.join("memory.oom_control");
+    if let Some(text) = r.read(&path, e) {
+        each_keyed(text, &path, e, |k, v| {
+            if k == "oom_kill" {
+                m.events.oom_kill = Some(v);
+            }
+        });
+    }
+    spec.has_memory = true;
+    spec.memory_limit = limited(r.number(&dir.join("memory.limit_in_bytes"), e));
+    spec.memory_swap_limit = limited(r.number(&dir.join("memory.memsw.limit_in_bytes"), e));
+    spec.memory_reservation = limited(r.number(&dir.join("memory.soft_limit_in_bytes"), e));
+    m
+}
+
+/// `MAJ:MIN Op value` lines of a blkio file into per-device counters.
+fn blkio_file(text: &str, mut set: impl FnMut(u32, u32, &str, u64)) {
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(dev), Some(op), Some(v), None) = (it.next(), it.next(), it.next(), it.next())
+        else {
+            continue;
+        };
+        let Some((maj, min)) = dev.split_once(':') else {
+            continue;
+        };
+        let (Ok(maj), Ok(min), Ok(v)) = (maj.parse(), min.parse(), v.parse()) else {
+            continue;
+        };
+        set(maj, min, op, v);
+    }
+}
+
+fn device(devs: &mut Vec<DeviceIo>, major: u32, minor: u32) -> &mut DeviceIo {
+    if let Some(i) = devs
+        .iter()
+        .position(|d| d.major == major && d.minor == minor)
+    {
+        return &mut devs[i];
+    }
+    devs.push(DeviceIo {
+        major,
+        minor,
+        ..DeviceIo::default()
+    });
+    devs.last_mut().unwrap()
+}
+
+/// Block I/O from the throttle and BFQ files. Each counts I/O under its own
+/// condition (a throttle rule on the device; the BFQ scheduler), so for each
+/// device the larger of the two is the I/O that went through. cAdvisor
+/// takes the first group whose files exist, which reads zeros from BFQ
+/// files on devices that do not use BFQ.
+pub fn blkio(dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Vec<DeviceIo> {
+    let mut devs: Vec<DeviceIo> = Vec::new();
+    for group in ["blkio.throttle", "blkio.bfq"] {
+        for (file, bytes) in [("io_service_bytes", true), ("io_serviced", false)] {
+            let recursive = dir.join(format!("{group}.{file}_recursive"));
+            let text = match r.read(&recursive, e) {
+                Some(t) => t,
+                None => match r.read(&dir.join(format!("{group}.{file}")), e) {
+                    Some(t) => t,
+                    None => continue,
+                },
+            };
+            blkio_file(text, |maj, min, op, v| {
+                let d = device(&mut devs, maj, min);
+                let slot = match (op, bytes) {
+                    ("Read", true) => &mut d.read_bytes,
+                    ("Write", true) => &mut d.write_bytes,
+                    ("Read", false) => &mut d.reads,
+                    ("Write", false) => &mut d.writes,
+                    _ => return,
+                };
+                *slot = Some(slot.map_or(v, |old| old.max(v)));
+            });
+        }
+    }
+    devs.sort_by_key(|d| (d.major, d.minor));
+    devs
+}
+
+/// `pids.current` / `pids.max`.
+pub fn pids(dir: &Path, r: &mut Reader, e: &ErrorCounts) -> (Option<u64>, Option<Option<u64>>) {
+    (
+        r.number(&dir.join("pids.current"), e),
+        r.limit(&dir.join("pids.max"), e),
+    )
+}
+
+/// `hugetlb.<size>.usage_in_bytes` and friends for each page size.
+pub fn hugetlb(
+    dir: &Path,
+    sizes: &[(String, String)],
+    r: &mut Reader,
+    e: &ErrorCounts,
+) -> Vec<Hugetlb> {
+    sizes
+        .iter()
+        .map(|(file_size, label)| Hugetlb {
+            pagesize: label.clone(),
+            usage: r.number(&dir.join(format!("hugetlb.{file_size}.usage_in_bytes")), e),
+            max_usage: r.number(
+                &dir.join(format!("hugetlb.{file_size}.max_usage_in_bytes")),
+                e,
+            ),
+            failcnt: r.number(&dir.join(format!("hugetlb.{file_size}.failcnt")), e),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cgroupfs/v1");
+
+    fn dir(ctrl: &str) -> std::path::PathBuf {
+        Path::new(FIXTURES).join(ctrl).join("test")
+    }
+
+    #[test]
+    fn cpu_files() {
+        let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
+        let mut cpu = Cpu::default();
+        cpuacct(&dir("cpuacct"), &mut r, &e, &mut cpu, true);
+        cpu_stat(&dir("cpu"), &mut r, &e, &mut cpu);
+        assert_eq!(cpu.usage_ns, Some(3_012_345_678));
+        assert_eq!(cpu.per_cpu_ns, [1_500_000_000, 1_512_345_678]);
+        let tick = 1_000_000_000 / procfs::ticks_per_second();
+        assert_eq!(
+            (cpu.user_ns, cpu.system_ns),
+            (Some(290 * tick), Some(10 * tick))
+        );
+        assert_eq!(
+            (cpu.periods, cpu.throttled_periods, cpu.throttled_ns),
+            (Some(30), Some(25), Some(1_234_567_890))
+        );
+        assert_eq!((cpu.bursts, cpu.burst_ns), (Some(0), Some(0)));
+        let mut spec = Spec::default();
+        cpu_spec(&dir("cpu"), &mut r, &e, &mut spec);
+        assert_eq!(
+            (spec.cpu_quota_us, spec.cpu_period_us, spec.cpu_shares),
+            (Some(50_000), Some(100_000), Some(1024))
+        );
+        assert!(e.snapshot().is_empty(), "{:?}", e.snapshot());
+    }
+
+    #[test]
+    fn memory_files() {
+        let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
+        let mut spec = Spec::default();
+        let m = memory(&dir("memory"), &mut r, &e, &mut spec);
+        assert_eq!(m.usage, Some(105_906_176));
+        assert_eq!(m.cache, Some(4096), "total_cache wins over cache");
+        assert_eq!(m.rss, Some(104_857_600));
+        assert_eq!(m.inactive_file, Some(0));
+        assert_eq!(m.working_set(), Some(105_906_176));
+        assert_eq!(m.events.oom_kill, Some(1));
+        assert_eq!(m.pgmajfault, Some(3));
+        assert_eq!(spec.memory_limit, Some(67_108_864));
+        assert_eq!(spec.memory_swap_limit, None, "unlimited");
+        assert!(e.snapshot().is_empty(), "{:?}", e.snapshot());
+    }
+
+    #[test]
+    fn blkio_takes_the_larger_of_throttle_and_bfq() {
+        let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
+        let d = blkio(&dir("blkio"), &mut r, &e);
+        assert_eq!(d.len(), 2);
+        assert_eq!((d[0].major, d[0].minor), (8, 0));
+        assert_eq!(
+            (d[0].read_bytes, d[0].write_bytes),
+            (Some(4096), Some(1_048_576))
+        );
+        assert_eq!((d[0].reads, d[0].writes), (Some(1), Some(256)));
+        assert_eq!((d[1].major, d[1].write_bytes), (254, Some(2_097_152)));
+    }
+
+    #[test]
+    fn bad_files_are_absent_and_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("memory.usage_in_bytes"), "").unwrap();
+        std::fs::write(tmp.path().join("memory.stat"), "cache 1\ntruncated\n").unwrap();
+        let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
+        let m = memory(tmp.path(), &mut r, &e, &mut Spec::default());
+        assert_eq!(m.usage, None);
+        assert_eq!(m.cache, Some(1));
+        assert_eq!(m.working_set(), None, "no made-up zero");
+        assert_eq!(e.get("malformed"), 2);
+    }
+}

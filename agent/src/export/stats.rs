@@ -1,0 +1,512 @@
+//! Per-container usage families (cAdvisor's kubelet profile), encoded from
+//! the registry's containers and the stats cache's latest samples.
+
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
+
+use super::{containers::labels, metrics::Family};
+use crate::{
+    cgroup::stats::{Interface, Memory, Sample},
+    config::Groups,
+    devices::DeviceNames,
+    registry::{ContainerInfo, Snapshot},
+};
+
+type Rows<'a> = Vec<(&'a ContainerInfo, &'a Sample)>;
+/// (name, help, value) of a memory family.
+type MemoryFamily = (&'static str, &'static str, fn(&Memory) -> Option<u64>);
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// One family whose value comes from `value(sample)`; containers without it
+/// get no series.
+fn simple<
+    V: prometheus_client::encoding::EncodeGaugeValue + prometheus_client::encoding::EncodeCounterValue,
+>(
+    enc: &mut DescriptorEncoder,
+    rows: &Rows,
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    value: impl Fn(&Sample) -> Option<V>,
+) -> fmt::Result {
+    let mut f = Family::new(enc, name, help, None, ty)?;
+    for (c, s) in rows {
+        if let Some(v) = value(s) {
+            match ty {
+                MetricType::Counter => f.counter(&labels(c), v)?,
+                _ => f.gauge(&labels(c), v)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn encode(
+    enc: &mut DescriptorEncoder,
+    snapshot: &Snapshot,
+    latest: &HashMap<Arc<str>, Arc<Sample>>,
+    groups: &Groups,
+    devices: &DeviceNames,
+) -> fmt::Result {
+    let rows: Rows = snapshot
+        .containers
+        .iter()
+        .filter_map(|c| Some((c.as_ref(), latest.get(&c.path)?.as_ref())))
+        .collect();
+    use MetricType::{Counter, Gauge};
+    if groups.cpu {
+        cpu(enc, &rows, groups.percpu)?;
+    }
+    if groups.memory {
+        memory(enc, &rows)?;
+    }
+    spec(enc, &rows, groups)?;
+    if groups.disk_io {
+        disk_io(enc, &rows, devices)?;
+    }
+    if groups.network {
+        network(enc, &rows)?;
+    }
+    if groups.process {
+        let p = |s: &Sample| s.processes.clone();
+        simple(
+            enc,
+            &rows,
+            "container_processes",
+            "Number of processes running inside the container.",
+            Gauge,
+            |s| p(s)?.processes,
+        )?;
+        simple(
+            enc,
+            &rows,
+            "container_file_descriptors",
+            "Number of open file descriptors for the container.",
+            Gauge,
+            |s| p(s)?.fds,
+        )?;
+        simple(
+            enc,
+            &rows,
+            "container_threads",
+            "Number of threads running inside the container",
+            Gauge,
+            |s| p(s)?.threads,
+        )?;
+        // cAdvisor: 0 means unlimited.
+        simple(
+            enc,
+            &rows,
+            "container_threads_max",
+            "Maximum number of threads allowed inside the container, infinity if value is zero",
+            Gauge,
+            |s| p(s)?.threads_max.map(|m| m.unwrap_or(0)),
+        )?;
+    }
+    if groups.pressure {
+        let pr = |s: &Sample| s.pressure.clone();
+        for (name, help, pick) in [
+            ("container_pressure_cpu_waiting_seconds", "Total time duration tasks in the container have waited due to CPU congestion.", (|p: &crate::cgroup::stats::Pressure| p.cpu.0) as fn(&_) -> Option<u64>),
+            ("container_pressure_cpu_stalled_seconds", "Total time duration no tasks in the container could make progress due to CPU congestion.", |p| p.cpu.1),
+            ("container_pressure_memory_waiting_seconds", "Total time duration tasks in the container have waited due to memory congestion.", |p| p.memory.0),
+            ("container_pressure_memory_stalled_seconds", "Total time duration no tasks in the container could make progress due to memory congestion.", |p| p.memory.1),
+            ("container_pressure_io_waiting_seconds", "Total time duration tasks in the container have waited due to IO congestion.", |p| p.io.0),
+            ("container_pressure_io_stalled_seconds", "Total time duration no tasks in the container could make progress due to IO congestion.", |p| p.io.1),
+        ] {
+            simple(enc, &rows, name, help, Counter, |s| pick(&pr(s)?).map(|us| us as f64 / 1e6))?;
+        }
+    }
+    if groups.hugetlb {
+        hugetlb(enc, &rows)?;
+    }
+    Ok(())
+}
+
+fn cpu(enc: &mut DescriptorEncoder, rows: &Rows, percpu: bool) -> fmt::Result {
+    use MetricType::Counter;
+    let mut usage = Family::new(
+        enc,
+        "container_cpu_usage_seconds",
+        "Cumulative cpu time consumed in seconds.",
+        None,
+        Counter,
+    )?;
+    let mut names: Vec<String> = Vec::new();
+    for (c, s) in rows {
+        let Some(cpu) = &s.cpu else { continue };
+        if percpu && !cpu.per_cpu_ns.is_empty() {
+            while names.len() < cpu.per_cpu_ns.len() {
+                names.push(format!("cpu{:02}", names.len()));
+            }
+            for (i, ns) in cpu.per_cpu_ns.iter().enumerate() {
+                // cAdvisor leaves out CPUs a container never ran on.
+                if *ns > 0 {
+                    usage.counter(&(labels(c), [("cpu", names[i].as_str())]), secs(*ns))?;
+                }
+            }
+        } else if let Some(ns) = cpu.usage_ns {
+            usage.counter(&(labels(c), [("cpu", "total")]), secs(ns))?;
+        }
+    }
+    let cpu = |s: &Sample| s.cpu.clone();
+    simple(
+        enc,
+        rows,
+        "container_cpu_user_seconds",
+        "Cumulative user cpu time consumed in seconds.",
+        Counter,
+        |s| cpu(s)?.user_ns.map(secs),
+    )?;
+    simple(
+        enc,
+        rows,
+        "container_cpu_system_seconds",
+        "Cumulative system cpu time consumed in seconds.",
+        Counter,
+        |s| cpu(s)?.system_ns.map(secs),
+    )?;
+    // cAdvisor exports the CFS families only for containers with a quota.
+    let quota = |s: &Sample| s.spec.cpu_quota_us.is_some();
+    simple(
+        enc,
+        rows,
+        "container_cpu_cfs_periods",
+        "Number of elapsed enforcement period intervals.",
+        Counter,
+        |s| cpu(s).filter(|_| quota(s))?.periods,
+    )?;
+    simple(
+        enc,
+        rows,
+        "container_cpu_cfs_throttled_periods",
+        "Number of throttled period intervals.",
+        Counter,
+        |s| cpu(s).filter(|_| quota(s))?.throttled_periods,
+    )?;
+    simple(
+        enc,
+        rows,
+        "container_cpu_cfs_throttled_seconds",
+        "Total time duration the container has been throttled.",
+        Counter,
+        |s| cpu(s).filter(|_| quota(s))?.throttled_ns.map(secs),
+    )?;
+    simple(
+        enc,
+        rows,
+        "container_cpu_cfs_burst_periods",
+        "Number of periods when burst occurs.",
+        Counter,
+        |s| cpu(s).filter(|_| quota(s))?.bursts,
+    )?;
+    simple(
+        enc,
+        rows,
+        "container_cpu_cfs_burst_seconds",
+        "Total time duration the container has been bursted.",
+        Counter,
+        |s| cpu(s).filter(|_| quota(s))?.burst_ns.map(secs),
+    )
+}
+
+fn memory(enc: &mut DescriptorEncoder, rows: &Rows) -> fmt::Result {
+    use MetricType::{Counter, Gauge};
+    let m = |s: &Sample| -> Option<Memory> { s.memory.clone() };
+    let gauges: [MemoryFamily; 11] = [
+        ("container_memory_cache", "Number of bytes of page cache memory.", |m| m.cache),
+        ("container_memory_rss", "Size of RSS in bytes.", |m| m.rss),
+        ("container_memory_kernel_usage", "Size of kernel memory allocated in bytes.", |m| m.kernel),
+        ("container_memory_mapped_file", "Size of memory mapped files in bytes.", |m| m.mapped_file),
+        ("container_memory_swap", "Container swap usage in bytes.", |m| m.swap),
+        ("container_memory_usage_bytes", "Current memory usage in bytes, including all memory regardless of when it was accessed", |m| m.usage),
+        ("container_memory_max_usage_bytes", "Maximum memory usage recorded in bytes", |m| m.max_usage),
+        ("container_memory_working_set_bytes", "Current working set in bytes.", Memory::working_set),
+        ("container_memory_total_active_file_bytes", "Current total active file in bytes.", |m| m.active_file),
+        ("container_memory_total_inactive_file_bytes", "Current total inactive file in bytes.", |m| m.inactive_file),
+        ("container_memory_file_dirty_bytes", "Number of bytes of file cache that has been modified but not yet written back to disk.", |m| m.file_dirty),
+    ];
+    for (name, help, pick) in gauges {
+        simple(enc, rows, name, help, Gauge, |s| pick(&m(s)?))?;
+    }
+    simple(
+        enc,
+        rows,
+        "container_memory_file_writeback_bytes",
+        "Number of bytes of file cache that is currently being written back to disk.",
+        Gauge,
+        |s| m(s)?.file_writeback,
+    )?;
+    // cAdvisor types this a counter without `_total`, which neither
+    // exposition format allows; a gauge keeps its exact name.
+    simple(
+        enc,
+        rows,
+        "container_memory_failcnt",
+        "Number of memory usage hits limits",
+        Gauge,
+        |s| m(s)?.failcnt,
+    )?;
+    let counters: [MemoryFamily; 10] = [
+        ("container_memory_events_low", "Cumulative count of memory.low protection breaches for the container", |m| m.events.low),
+        ("container_memory_events_high", "Cumulative count of memory.high throttle events for the container", |m| m.events.high),
+        ("container_memory_events_max", "Cumulative count of memory.max limit hit events for the container", |m| m.events.max),
+        ("container_memory_events_oom", "Cumulative count of OOMs in the container (memory.events oom)", |m| m.events.oom),
+        ("container_memory_events_oom_kill", "Cumulative count of processes of the container killed by the OOM killer, as the kernel counts them (memory.events, memory.oom_control)", |m| m.events.oom_kill),
+        ("container_memory_events_oom_group_kill", "Cumulative count of group OOM kills in the container (memory.events oom_group_kill)", |m| m.events.oom_group_kill),
+        ("container_memory_pgscan", "Cumulative number of pages scanned by the page reclaim algorithm.", |m| m.pgscan),
+        ("container_memory_pgsteal", "Cumulative number of pages reclaimed by the page reclaim algorithm.", |m| m.pgsteal),
+        ("container_memory_workingset_refault_file", "Cumulative number of refaults of previously evicted file pages.", |m| m.workingset_refault_file),
+        ("container_memory_workingset_refault_anon", "Cumulative number of refaults of previously evicted anonymous pages.", |m| m.workingset_refault_anon),
+    ];
+    for (name, help, pick) in counters {
+        simple(enc, rows, name, help, Counter, |s| pick(&m(s)?))?;
+    }
+    let mut failures = Family::new(
+        enc,
+        "container_memory_failures",
+        "Cumulative count of memory allocation failures.",
+        None,
+        Counter,
+    )?;
+    for (c, s) in rows {
+        let Some(mem) = &s.memory else { continue };
+        for (kind, v) in [("pgfault", mem.pgfault), ("pgmajfault", mem.pgmajfault)] {
+            let Some(v) = v else { continue };
+            // cAdvisor reports the same value for both scopes.
+            for scope in ["container", "hierarchy"] {
+                failures.counter(&(labels(c), [("failure_type", kind), ("scope", scope)]), v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn spec(enc: &mut DescriptorEncoder, rows: &Rows, groups: &Groups) -> fmt::Result {
+    use MetricType::Gauge;
+    if groups.cpu {
+        simple(
+            enc,
+            rows,
+            "container_spec_cpu_period",
+            "CPU period of the container.",
+            Gauge,
+            |s| s.spec.cpu_period_us.filter(|_| s.spec.has_cpu),
+        )?;
+        simple(
+            enc,
+            rows,
+            "container_spec_cpu_quota",
+            "CPU quota of the container.",
+            Gauge,
+            |s| s.spec.cpu_quota_us,
+        )?;
+        simple(
+            enc,
+            rows,
+            "container_spec_cpu_shares",
+            "CPU share of the container.",
+            Gauge,
+            |s| s.spec.cpu_shares,
+        )?;
+    }
+    if groups.memory {
+        // cAdvisor: unlimited is 0.
+        let lim = |has: bool, v: Option<u64>| has.then(|| v.unwrap_or(0));
+        simple(
+            enc,
+            rows,
+            "container_spec_memory_limit_bytes",
+            "Memory limit for the container.",
+            Gauge,
+            |s| lim(s.spec.has_memory, s.spec.memory_limit),
+        )?;
+        simple(
+            enc,
+            rows,
+            "container_spec_memory_swap_limit_bytes",
+            "Memory swap limit for the container.",
+            Gauge,
+            |s| lim(s.spec.has_memory, s.spec.memory_swap_limit),
+        )?;
+        simple(
+            enc,
+            rows,
+            "container_spec_memory_reservation_limit_bytes",
+            "Memory reservation limit for the container.",
+            Gauge,
+            |s| lim(s.spec.has_memory, s.spec.memory_reservation),
+        )?;
+    }
+    Ok(())
+}
+
+fn disk_io(enc: &mut DescriptorEncoder, rows: &Rows, devices: &DeviceNames) -> fmt::Result {
+    use MetricType::Counter;
+    // Resolve each device once per scrape.
+    let mut names: HashMap<(u32, u32), String> = HashMap::new();
+    for (_, s) in rows {
+        for d in s.io.iter().flatten() {
+            names
+                .entry((d.major, d.minor))
+                .or_insert_with(|| devices.name(d.major, d.minor).unwrap_or_default());
+        }
+    }
+    type Pick = fn(&crate::cgroup::stats::DeviceIo) -> Option<u64>;
+    let families: [(&str, &str, Pick); 4] = [
+        (
+            "container_fs_reads_bytes",
+            "Cumulative count of bytes read",
+            |d| d.read_bytes,
+        ),
+        (
+            "container_fs_writes_bytes",
+            "Cumulative count of bytes written",
+            |d| d.write_bytes,
+        ),
+        (
+            "container_fs_reads",
+            "Cumulative count of reads completed",
+            |d| d.reads,
+        ),
+        (
+            "container_fs_writes",
+            "Cumulative count of writes completed",
+            |d| d.writes,
+        ),
+    ];
+    for (name, help, pick) in families {
+        let mut f = Family::new(enc, name, help, None, Counter)?;
+        for (c, s) in rows {
+            for d in s.io.iter().flatten() {
+                if let Some(v) = pick(d) {
+                    f.counter(
+                        &(labels(c), [("device", names[&(d.major, d.minor)].as_str())]),
+                        v,
+                    )?;
+                }
+            }
+        }
+    }
+    let mut usage = Family::new(
+        enc,
+        "container_blkio_device_usage",
+        "Blkio Device bytes usage",
+        None,
+        Counter,
+    )?;
+    for (c, s) in rows {
+        for d in s.io.iter().flatten() {
+            let (major, minor) = (d.major.to_string(), d.minor.to_string());
+            for (op, v) in [("Read", d.read_bytes), ("Write", d.write_bytes)] {
+                let Some(v) = v else { continue };
+                let extra = [
+                    ("device", names[&(d.major, d.minor)].as_str()),
+                    ("major", major.as_str()),
+                    ("minor", minor.as_str()),
+                    ("operation", op),
+                ];
+                usage.counter(&(labels(c), extra), v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn network(enc: &mut DescriptorEncoder, rows: &Rows) -> fmt::Result {
+    use MetricType::Counter;
+    type Pick = fn(&Interface) -> u64;
+    let families: [(&str, &str, Pick); 8] = [
+        (
+            "container_network_receive_bytes",
+            "Cumulative count of bytes received",
+            |i| i.rx_bytes,
+        ),
+        (
+            "container_network_receive_packets",
+            "Cumulative count of packets received",
+            |i| i.rx_packets,
+        ),
+        (
+            "container_network_receive_packets_dropped",
+            "Cumulative count of packets dropped while receiving",
+            |i| i.rx_dropped,
+        ),
+        (
+            "container_network_receive_errors",
+            "Cumulative count of errors encountered while receiving",
+            |i| i.rx_errors,
+        ),
+        (
+            "container_network_transmit_bytes",
+            "Cumulative count of bytes transmitted",
+            |i| i.tx_bytes,
+        ),
+        (
+            "container_network_transmit_packets",
+            "Cumulative count of packets transmitted",
+            |i| i.tx_packets,
+        ),
+        (
+            "container_network_transmit_packets_dropped",
+            "Cumulative count of packets dropped while transmitting",
+            |i| i.tx_dropped,
+        ),
+        (
+            "container_network_transmit_errors",
+            "Cumulative count of errors encountered while transmitting",
+            |i| i.tx_errors,
+        ),
+    ];
+    for (name, help, pick) in families {
+        let mut f = Family::new(enc, name, help, None, Counter)?;
+        for (c, s) in rows {
+            for i in s.network.iter().flatten() {
+                f.counter(&(labels(c), [("interface", i.name.as_str())]), pick(i))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hugetlb(enc: &mut DescriptorEncoder, rows: &Rows) -> fmt::Result {
+    use MetricType::{Counter, Gauge};
+    type Pick = fn(&crate::cgroup::stats::Hugetlb) -> Option<u64>;
+    let families: [(&str, &str, MetricType, Pick); 3] = [
+        (
+            "container_hugetlb_failcnt",
+            "Number of hugepage usage hits limits",
+            Counter,
+            |h| h.failcnt,
+        ),
+        (
+            "container_hugetlb_usage_bytes",
+            "Current hugepage usage in bytes",
+            Gauge,
+            |h| h.usage,
+        ),
+        (
+            "container_hugetlb_max_usage_bytes",
+            "Maximum hugepage usage recorded in bytes",
+            Gauge,
+            |h| h.max_usage,
+        ),
+    ];
+    for (name, help, ty, pick) in families {
+        let mut f = Family::new(enc, name, help, None, ty)?;
+        for (c, s) in rows {
+            for h in s.hugetlb.iter().flatten() {
+                let Some(v) = pick(h) else { continue };
+                let l = (labels(c), [("pagesize", h.pagesize.as_str())]);
+                match ty {
+                    MetricType::Counter => f.counter(&l, v)?,
+                    _ => f.gauge(&l, v)?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
