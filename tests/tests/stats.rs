@@ -1,0 +1,363 @@
+//! Statistics end to end: real cgroups, real work done by processes of the
+//! test's own, values checked against the kernel's files and the work.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::Duration,
+};
+
+use tests::{
+    cgroups::{wait_for, CgroupTree},
+    require_root, Agent,
+};
+
+fn agent() -> Agent {
+    Agent::start(&[
+        "--housekeeping-interval",
+        "1s",
+        "--max-housekeeping-interval",
+        "1s",
+    ])
+}
+
+/// Starts `script` under `sh -c` inside the tree's `rel` cgroup in every
+/// hierarchy listed.
+fn spawn_in(tree: &CgroupTree, hierarchies: &[&str], rel: &str, script: &str) -> Child {
+    let join: String = hierarchies
+        .iter()
+        .map(|h| format!("echo $$ > {}/cgroup.procs && ", tree.dir(h, rel).display()))
+        .collect();
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("{join}{script}"))
+        .spawn()
+        .unwrap()
+}
+
+fn read_u64(path: PathBuf) -> u64 {
+    fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn stat_key(path: PathBuf, key: &str) -> u64 {
+    fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {}", path.display()))
+}
+
+fn within(a: f64, b: f64, pct: f64) -> bool {
+    (a - b).abs() <= b.abs() * pct / 100.0
+}
+
+#[test]
+fn cpu_usage_matches_cpuacct_and_the_burners_own_time() {
+    if !require_root("cpu_usage_matches_cpuacct_and_the_burners_own_time") {
+        return;
+    }
+    let agent = agent();
+    let hs = ["cpu", "cpuacct"];
+    let tree = CgroupTree::new("cpu", &hs);
+    let path = tree.path("");
+    // A 3 s busy loop; the shell execs into it so its rusage is the loop's.
+    let child = spawn_in(&tree, &hs, "", "exec timeout 3 sh -c 'while :; do :; done'");
+    let pid = child.id() as i32;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child with valid pointers.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid);
+    std::mem::forget(child);
+    let own = (usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) as f64
+        + (usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) as f64 / 1e6;
+    let file = read_u64(tree.dir("cpuacct", "").join("cpuacct.usage")) as f64 / 1e9;
+    // The counter no longer moves; wait for a collection after the exit.
+    let mut seen = 0.0;
+    wait_for(
+        "a sample after the burner exited",
+        Duration::from_secs(15),
+        || {
+            seen = agent
+                .scrape()
+                .value(
+                    "container_cpu_usage_seconds_total",
+                    &[("id", &path), ("cpu", "total")],
+                )
+                .unwrap_or(0.0);
+            within(seen, file, 0.5)
+        },
+    );
+    assert!(
+        within(seen, file, 5.0),
+        "metric {seen} vs cpuacct.usage {file}"
+    );
+    assert!(
+        within(seen, own, 5.0),
+        "metric {seen} vs the burner's own CPU time {own}"
+    );
+    assert!(seen > 1.0, "the burner burned ({seen} s)");
+    let m = agent.scrape();
+    assert!(
+        m.value("container_cpu_user_seconds_total", &[("id", &path)])
+            .unwrap()
+            > 1.0
+    );
+}
+
+#[test]
+fn memory_usage_matches_the_memory_files() {
+    if !require_root("memory_usage_matches_the_memory_files") {
+        return;
+    }
+    let agent = agent();
+    let hs = ["memory", "pids", "cpu"];
+    let tree = CgroupTree::new("mem", &hs);
+    let path = tree.path("");
+    let mut child = spawn_in(
+        &tree,
+        &hs,
+        "",
+        "exec python3 -c \"import time; b = b'x' * (100 << 20); time.sleep(60)\"",
+    );
+    let mem = tree.dir("memory", "");
+    wait_for("100 MiB allocated", Duration::from_secs(20), || {
+        read_u64(mem.join("memory.usage_in_bytes")) > 100 << 20
+    });
+    let mut checked = false;
+    wait_for(
+        "metrics agree with memory.usage_in_bytes/memory.stat",
+        Duration::from_secs(15),
+        || {
+            let before = read_u64(mem.join("memory.usage_in_bytes")) as f64;
+            let m = agent.scrape();
+            let after = read_u64(mem.join("memory.usage_in_bytes")) as f64;
+            let Some(usage) = m.value("container_memory_usage_bytes", &[("id", &path)]) else {
+                return false;
+            };
+            let ok = within(usage, before, 1.0) && within(usage, after, 1.0);
+            if ok {
+                let rss = m.value("container_memory_rss", &[("id", &path)]).unwrap();
+                let ws = m
+                    .value("container_memory_working_set_bytes", &[("id", &path)])
+                    .unwrap();
+                let total_rss = stat_key(mem.join("memory.stat"), "total_rss") as f64;
+                let inactive = stat_key(mem.join("memory.stat"), "total_inactive_file") as f64;
+                assert!(
+                    within(rss, total_rss, 1.0),
+                    "rss {rss} vs total_rss {total_rss}"
+                );
+                assert!(
+                    within(ws, after - inactive, 1.0),
+                    "working set {ws} vs {after} - {inactive}"
+                );
+                assert!(rss >= (100 << 20) as f64);
+                assert_eq!(m.value("container_processes", &[("id", &path)]), Some(1.0));
+                assert!(
+                    m.value("container_file_descriptors", &[("id", &path)])
+                        .unwrap()
+                        >= 3.0
+                );
+                assert!(m.value("container_threads", &[("id", &path)]).unwrap() >= 1.0);
+                checked = true;
+            }
+            ok
+        },
+    );
+    assert!(checked);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The whole disk behind `dir`'s filesystem (`major:minor`).
+fn disk_of(dir: &Path) -> (u32, u32) {
+    let dev = fs::metadata(dir).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let sys = fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).unwrap();
+    if sys.join("partition").exists() {
+        let parent = fs::read_to_string(sys.parent().unwrap().join("dev")).unwrap();
+        let (a, b) = parent.trim().split_once(':').unwrap();
+        return (a.parse().unwrap(), b.parse().unwrap());
+    }
+    (major, minor)
+}
+
+#[test]
+fn direct_writes_show_up_in_fs_writes_bytes() {
+    if !require_root("direct_writes_show_up_in_fs_writes_bytes") {
+        return;
+    }
+    let agent = agent();
+    let hs = ["blkio", "cpu"];
+    let tree = CgroupTree::new("io", &hs);
+    let path = tree.path("");
+    // On a real disk (not tmpfs), inside the workspace's target directory.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-io");
+    fs::create_dir_all(&dir).unwrap();
+    let (major, minor) = disk_of(&dir);
+    // v1 counts a cgroup's I/O per device only once it has a throttle rule
+    // for that device: a rule far above anything reached.
+    fs::write(
+        tree.dir("blkio", "")
+            .join("blkio.throttle.write_bps_device"),
+        format!("{major}:{minor} 100000000000"),
+    )
+    .unwrap();
+    let file = dir.join(format!("direct-{}", std::process::id()));
+    let mut child = spawn_in(
+        &tree,
+        &hs,
+        "",
+        &format!(
+            "exec dd if=/dev/zero of={} bs=1M count=20 oflag=direct status=none",
+            file.display()
+        ),
+    );
+    assert!(child.wait().unwrap().success());
+    let _ = fs::remove_file(&file);
+    let device = fs::read_to_string("/proc/partitions")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[0] == major.to_string() && f[1] == minor.to_string())
+                .then(|| format!("/dev/{}", f[3]))
+        })
+        .unwrap();
+    wait_for(
+        "20 MiB of writes in container_fs_writes_bytes_total",
+        Duration::from_secs(15),
+        || {
+            agent
+                .scrape()
+                .value(
+                    "container_fs_writes_bytes_total",
+                    &[("id", &path), ("device", &device)],
+                )
+                .is_some_and(|v| v >= (20 << 20) as f64)
+        },
+    );
+    let m = agent.scrape();
+    assert!(
+        m.value(
+            "container_fs_writes_total",
+            &[("id", &path), ("device", &device)]
+        )
+        .unwrap()
+            >= 20.0
+    );
+    assert!(m
+        .value(
+            "container_blkio_device_usage_total",
+            &[
+                ("id", &path),
+                ("operation", "Write"),
+                ("major", &major.to_string())
+            ]
+        )
+        .is_some());
+}
+
+/// A network namespace pair of the test's own; removed on drop.
+struct NetnsPair(String, String);
+
+impl NetnsPair {
+    fn new() -> Self {
+        let tag = format!("{}", tests::unique() % 100_000);
+        let pair = Self(format!("cgsA{tag}"), format!("cgsB{tag}"));
+        let run = |args: &str| {
+            let ok = Command::new("sh")
+                .arg("-c")
+                .arg(format!("ip {args}"))
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "ip {args}");
+        };
+        run(&format!("netns add {}", pair.0));
+        run(&format!("netns add {}", pair.1));
+        run(&format!(
+            "link add va{tag} netns {} type veth peer name vb{tag} netns {}",
+            pair.0, pair.1
+        ));
+        run(&format!(
+            "-n {} addr add 10.251.{}.1/30 dev va{tag}",
+            pair.0,
+            tag.len()
+        ));
+        run(&format!(
+            "-n {} addr add 10.251.{}.2/30 dev vb{tag}",
+            pair.1,
+            tag.len()
+        ));
+        run(&format!("-n {} link set va{tag} up", pair.0));
+        run(&format!("-n {} link set vb{tag} up", pair.1));
+        pair
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.0, &self.1] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn traffic_from_a_network_namespace_shows_up_in_transmit_bytes() {
+    if !require_root("traffic_from_a_network_namespace_shows_up_in_transmit_bytes") {
+        return;
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        assert!(
+            !tests::strict(),
+            "iproute2 is needed (installed by .ci/run)"
+        );
+        eprintln!("SKIPPED traffic_from_a_network_namespace_shows_up_in_transmit_bytes: no ip(8)");
+        return;
+    }
+    let agent = agent();
+    let hs = ["cpu", "pids"];
+    let tree = CgroupTree::new("net", &hs);
+    let path = tree.path("");
+    let ns = NetnsPair::new();
+    let peer = format!("10.251.{}.2", ns.0.len() - 4);
+    // 2,000 UDP datagrams of 1,000 bytes to the peer namespace, then stay
+    // alive so the agent can read the namespace's counters.
+    let script = format!(
+        "exec ip netns exec {} python3 -c \"import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'x' * 1000, ('{peer}', 9)) for _ in range(2000)]; time.sleep(30)\"",
+        ns.0
+    );
+    let mut child = spawn_in(&tree, &hs, "", &script);
+    wait_for(
+        "transmit bytes of the namespace's veth",
+        Duration::from_secs(20),
+        || {
+            let m = agent.scrape();
+            m.samples("container_network_transmit_bytes_total", &[("id", &path)])
+                .iter()
+                .any(|v| *v >= 2_000_000.0)
+        },
+    );
+    let m = agent.scrape();
+    assert!(m
+        .samples("container_network_transmit_packets_total", &[("id", &path)])
+        .iter()
+        .any(|v| *v >= 2000.0));
+    assert!(
+        !m.0.lines().any(|l| l.starts_with("container_network_")
+            && l.contains(&path)
+            && l.contains("interface=\"lo\"")),
+        "loopback is left out"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
