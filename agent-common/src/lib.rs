@@ -4,10 +4,10 @@
 //! records into ring buffers and the agent reads them back byte for byte.
 #![no_std]
 
-/// Capacity of the path carried by a cgroup event. Kubernetes paths are
-/// about 200 bytes; longer paths are truncated and flagged, and the periodic
-/// walk repairs them.
-pub const CGROUP_PATH_CAP: usize = 1024;
+/// Capacity of the path carried by a cgroup event (a power of two, for the
+/// verifier's bound). Kubernetes paths are under 200 bytes; longer ones are
+/// flagged as truncated and the periodic walk adds them.
+pub const CGROUP_PATH_CAP: usize = 512;
 
 /// A cgroup directory was created.
 pub const CGROUP_EVENT_MKDIR: u32 = 1;

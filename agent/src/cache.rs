@@ -1,7 +1,8 @@
 //! The stats cache: per container, the samples of the last
 //! `--storage-duration`, newest last. Written by the collector, read by the
 //! exporter and the API; the latest sample is an `Arc`, so reading it copies
-//! nothing.
+//! nothing. A sample equal to the one before (an idle container) shares
+//! its storage, so idle containers cost one sample plus a timestamp each.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -17,7 +18,27 @@ pub struct StatsCache {
     /// Upper bound per container whatever the interval, so memory stays
     /// bounded even with a short housekeeping interval.
     max_samples: usize,
-    rings: RwLock<HashMap<Arc<str>, VecDeque<Arc<Sample>>>>,
+    rings: RwLock<HashMap<Arc<str>, VecDeque<Entry>>>,
+}
+
+/// When a sample was taken, and the sample (without its own timestamp, so
+/// equal samples can be shared).
+#[derive(Debug, Clone)]
+struct Entry {
+    at: Option<std::time::SystemTime>,
+    sample: Arc<Sample>,
+}
+
+impl Entry {
+    /// The sample with its timestamp; a copy only when asked for history.
+    fn stamped(&self) -> Arc<Sample> {
+        if self.sample.at == self.at {
+            return self.sample.clone();
+        }
+        let mut s = (*self.sample).clone();
+        s.at = self.at;
+        Arc::new(s)
+    }
 }
 
 impl StatsCache {
@@ -30,12 +51,15 @@ impl StatsCache {
         }
     }
 
-    pub fn push(&self, path: &Arc<str>, sample: Sample) {
-        let sample = Arc::new(sample);
-        let newest = sample.at;
+    pub fn push(&self, path: &Arc<str>, mut sample: Sample) {
+        let newest = sample.at.take();
         let mut rings = self.rings.write().unwrap_or_else(|p| p.into_inner());
         let ring = rings.entry(path.clone()).or_default();
-        ring.push_back(sample);
+        let sample = match ring.back() {
+            Some(last) if *last.sample == sample => last.sample.clone(),
+            _ => Arc::new(sample),
+        };
+        ring.push_back(Entry { at: newest, sample });
         while ring.len() > self.max_samples {
             ring.pop_front();
         }
@@ -55,7 +79,7 @@ impl StatsCache {
 
     pub fn latest(&self, path: &str) -> Option<Arc<Sample>> {
         let rings = self.rings.read().unwrap_or_else(|p| p.into_inner());
-        rings.get(path).and_then(|r| r.back().cloned())
+        rings.get(path).and_then(|r| r.back().map(Entry::stamped))
     }
 
     /// The newest sample of every container (cheap: `Arc` clones).
@@ -63,7 +87,7 @@ impl StatsCache {
         let rings = self.rings.read().unwrap_or_else(|p| p.into_inner());
         rings
             .iter()
-            .filter_map(|(k, r)| Some((k.clone(), r.back()?.clone())))
+            .filter_map(|(k, r)| Some((k.clone(), r.back()?.sample.clone())))
             .collect()
     }
 
@@ -73,7 +97,12 @@ impl StatsCache {
         let rings = self.rings.read().unwrap_or_else(|p| p.into_inner());
         rings
             .get(path)
-            .map(|r| r.iter().skip(r.len().saturating_sub(n)).cloned().collect())
+            .map(|r| {
+                r.iter()
+                    .skip(r.len().saturating_sub(n))
+                    .map(Entry::stamped)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -96,6 +125,22 @@ impl StatsCache {
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .map(VecDeque::len)
+            .sum()
+    }
+
+    /// Distinct samples stored (equal neighbours share one).
+    pub fn distinct_samples(&self) -> usize {
+        let rings = self.rings.read().unwrap_or_else(|p| p.into_inner());
+        rings
+            .values()
+            .map(|r| {
+                let changes = r
+                    .iter()
+                    .zip(r.iter().skip(1))
+                    .filter(|(a, b)| !Arc::ptr_eq(&a.sample, &b.sample))
+                    .count();
+                1 + changes
+            })
             .sum()
     }
 }
@@ -134,6 +179,30 @@ mod tests {
         c.remove("/a");
         assert!(c.latest("/a").is_none());
         assert_eq!(c.containers(), 0);
+    }
+
+    #[test]
+    fn equal_samples_share_storage() {
+        let c = StatsCache::new(Duration::from_secs(120), Duration::from_secs(10));
+        let p: Arc<str> = Arc::from("/idle");
+        for s in 0..5 {
+            c.push(&p, at(s));
+        }
+        assert_eq!((c.samples(), c.distinct_samples()), (5, 1));
+        let mut busy = at(6);
+        busy.memory = Some(Default::default());
+        c.push(&p, busy);
+        assert_eq!(c.distinct_samples(), 2);
+        // Timestamps survive the sharing.
+        let r = c.recent("/idle", 10);
+        assert_eq!(
+            r[2].at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2))
+        );
+        assert_eq!(
+            c.latest("/idle").unwrap().at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(6))
+        );
     }
 
     #[test]

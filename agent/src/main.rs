@@ -233,7 +233,7 @@ async fn run(config: Config) -> Result<()> {
     );
 
     let machine_rx = spawn_machine_refresh(&config);
-    let registry = Arc::new(export::metrics::registry(Sources {
+    let (registry, agent_registry) = export::metrics::registries(Sources {
         machine: machine_rx,
         status,
         registry: snapshot,
@@ -245,13 +245,17 @@ async fn run(config: Config) -> Result<()> {
         groups,
         devices: Arc::new(DeviceNames::new(&config.proc_root)),
         collect: Some(collector),
-    }));
+    });
 
     let listener = export::http::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
-    let state = export::http::AppState { registry, events };
+    let state = export::http::AppState {
+        registry: Arc::new(registry),
+        agent_registry: Arc::new(agent_registry),
+        events,
+    };
     export::http::serve(listener, state, shutdown_signal())
         .await
         .context("HTTP server")?;

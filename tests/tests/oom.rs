@@ -79,7 +79,16 @@ const MIB64: u64 = 64 << 20;
 #[test]
 fn a_kill_is_counted_against_its_container_and_survives_removal() {
     for mode in modes("a_kill_is_counted_against_its_container_and_survives_removal") {
-        let agent = Agent::start(&["--oom-source", mode, "--container-retention", "2m"]);
+        let agent = Agent::start(&[
+            "--oom-source",
+            mode,
+            "--container-retention",
+            "2m",
+            "--housekeeping-interval",
+            "1s",
+            "--max-housekeeping-interval",
+            "1s",
+        ]);
         let m = agent.scrape();
         assert_eq!(
             m.value("cgscope_mode", &[("subsystem", "oom"), ("mode", mode)]),

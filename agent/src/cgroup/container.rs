@@ -289,6 +289,37 @@ mod tests {
     }
 
     #[test]
+    fn hybrid_sample_takes_pressure_from_the_unified_mount() {
+        let mut h = fixture_hierarchies("v1");
+        let v2 = fixture_hierarchies("v2");
+        h.list.insert(
+            0,
+            Hierarchy {
+                controllers: vec![],
+                ..v2.list[0].clone()
+            },
+        );
+        let d = Dirs::new(&h, &all_ids(&h), "/test");
+        assert!(!d.v2 && d.unified.is_some());
+        let e = ErrorCounts::new("collection");
+        let s = sample(
+            &d,
+            &Groups::all(),
+            &Context::default(),
+            &mut Reader::default(),
+            &e,
+        );
+        // v1 values for the controllers, PSI from cgroup2.
+        assert_eq!(s.cpu.as_ref().unwrap().usage_ns, Some(3_012_345_678));
+        assert_eq!(s.pressure.as_ref().unwrap().cpu.0, Some(1_500_000));
+        assert_eq!(
+            s.memory.as_ref().unwrap().events.oom_kill,
+            Some(1),
+            "from memory.oom_control"
+        );
+    }
+
+    #[test]
     fn only_hierarchies_the_container_is_in() {
         let h = fixture_hierarchies("v1");
         let d = Dirs::new(&h, &BTreeMap::from([(4, 9)]), "/test");

@@ -70,38 +70,28 @@ impl Collector {
             if let (true, Some(procs_dir)) =
                 (self.groups.process || self.groups.network, dirs.procs_dir())
             {
-                let mut p = s.processes.take().unwrap_or_default();
-                let pids_current = dirs
-                    .pids
-                    .as_ref()
-                    .and_then(|d| r.number(&d.join("pids.current"), &self.errors));
-                process::processes(
-                    procs_dir,
-                    &self.proc_root,
-                    pids_current,
-                    &mut r,
-                    &self.errors,
-                    &mut p,
-                );
+                let pids = process::pids(procs_dir, &mut r, &self.errors).unwrap_or_default();
+                if self.groups.process {
+                    let mut p = s.processes.take().unwrap_or_default();
+                    let pids_current = dirs
+                        .pids
+                        .as_ref()
+                        .and_then(|d| r.number(&d.join("pids.current"), &self.errors));
+                    let (root, e) = (&self.proc_root, &self.errors);
+                    process::processes(procs_dir, &pids, root, pids_current, &mut r, e, &mut p);
+                    s.processes = Some(p);
+                }
                 if self.groups.network {
+                    // The host's interfaces belong to `/` only.
                     let pid = if dirs.root {
                         Some(1)
                     } else {
-                        r.read(&procs_dir.join("cgroup.procs"), &self.errors)
-                            .and_then(|t| t.lines().next()?.trim().parse().ok())
+                        pids.first().copied()
                     };
                     if let Some(pid) = pid {
-                        s.network = self.network.read(
-                            &self.proc_root,
-                            pid,
-                            dirs.root,
-                            &mut r,
-                            &self.errors,
-                        );
+                        let (root, e) = (&self.proc_root, &self.errors);
+                        s.network = self.network.read(root, pid, dirs.root, &mut r, e);
                     }
-                }
-                if self.groups.process {
-                    s.processes = Some(p);
                 }
             }
             self.stats
@@ -130,8 +120,13 @@ struct Tracked {
     /// Bumped on every (re)schedule so stale heap entries are ignored.
     generation: u64,
     in_flight: bool,
+    /// False once the container is removed: no more collections.
+    live: bool,
     last: Option<Arc<Sample>>,
 }
+
+/// After this a collection is given up (and its container retried later).
+const STUCK: Duration = Duration::from_secs(10);
 
 /// How many collections run at once: one per core is enough to keep up
 /// and leaves the node its cores.
@@ -148,7 +143,7 @@ pub fn spawn(
         let mut tracked: HashMap<Arc<str>, Tracked> = HashMap::new();
         let mut heap: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>> = BinaryHeap::new();
         let permits = Arc::new(Semaphore::new(CONCURRENCY));
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Arc<str>, u64, Sample)>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Arc<str>, u64, Option<Sample>)>();
         let mut seq = 0u64;
         loop {
             let next = heap.peek().map(|Reverse((t, _, _))| *t);
@@ -175,8 +170,26 @@ pub fn spawn(
                         let (c, d, tx, p) = (collector.clone(), t.dirs.clone(), done_tx.clone(), permits.clone());
                         tokio::spawn(async move {
                             let Ok(_permit) = p.acquire_owned().await else { return };
-                            if let Ok(sample) = tokio::task::spawn_blocking(move || c.collect(&d)).await {
-                                let _ = tx.send((path, generation, sample));
+                            let errors = c.clone();
+                            let work = tokio::task::spawn_blocking(move || c.collect(&d));
+                            // A read that hangs (a frozen cgroup, a stuck
+                            // filesystem) gives its permit back after a
+                            // while, so the other containers go on; its
+                            // thread finishes on its own.
+                            match tokio::time::timeout(STUCK, work).await {
+                                Ok(Ok(sample)) => {
+                                    let _ = tx.send((path, generation, Some(sample)));
+                                }
+                                Ok(Err(_)) => {
+                                    let _ = tx.send((path, generation, None));
+                                }
+                                Err(_) => {
+                                    errors.errors.record(
+                                        "stuck",
+                                        format!("collecting {path} took longer than {STUCK:?}; skipped"),
+                                    );
+                                    let _ = tx.send((path, generation, None));
+                                }
                             }
                         });
                     }
@@ -184,9 +197,24 @@ pub fn spawn(
                 Some((path, generation, sample)) = done_rx.recv() => {
                     let Some(t) = tracked.get_mut(&path) else { continue };
                     t.in_flight = false;
-                    if t.generation != generation {
+                    if !t.live {
                         continue;
                     }
+                    if t.generation != generation {
+                        // Rescheduled while this ran (its directories
+                        // changed): the entry for the new generation may
+                        // have been skipped as in flight, so run it now.
+                        heap.push(Reverse((Instant::now(), t.generation, path)));
+                        continue;
+                    }
+                    let Some(sample) = sample else {
+                        // Failed or stuck: try again at the slowest pace.
+                        t.interval = cadence.max;
+                        seq += 1;
+                        let due = Instant::now() + jitter(t.interval, &path, seq);
+                        heap.push(Reverse((due, t.generation, path)));
+                        continue;
+                    };
                     let unchanged = t.last.as_ref().is_some_and(|l| sample.same_usage(l));
                     t.interval = if unchanged { (t.interval * 2).min(cadence.max) } else { cadence.base };
                     cache.push(&path, sample);
@@ -235,11 +263,14 @@ fn sync(
         if !c.is_live() {
             if let Some(t) = tracked.get_mut(&c.path) {
                 // No more collections; the cache keeps the last sample.
+                t.live = false;
                 t.generation += 1;
             }
             continue;
         }
-        let ids_changed = tracked.get(&c.path).is_none_or(|t| t.ids != c.ids);
+        let ids_changed = tracked
+            .get(&c.path)
+            .is_none_or(|t| t.ids != c.ids || !t.live);
         if ids_changed {
             *seq += 1;
             let t = tracked.entry(c.path.clone()).or_insert_with(|| Tracked {
@@ -248,10 +279,12 @@ fn sync(
                 interval: Duration::ZERO,
                 generation: *seq,
                 in_flight: false,
+                live: true,
                 last: None,
             });
             t.dirs = Arc::new(Dirs::new(&collector.hierarchies, &c.ids, &c.path));
             t.ids = c.ids.clone();
+            t.live = true;
             t.generation = *seq;
             heap.push(Reverse((now, t.generation, c.path.clone())));
         }

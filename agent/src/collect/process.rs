@@ -13,21 +13,25 @@ fn lines(text: &str) -> u64 {
     text.lines().filter(|l| !l.trim().is_empty()).count() as u64
 }
 
-/// Fills processes, threads and fds; `procs_dir` holds `cgroup.procs` and
-/// `tasks` (v1) or `cgroup.threads` (v2). `pids_current` (hierarchical, what
-/// cAdvisor exports as threads) wins over the local task list when known.
+/// The pids in `cgroup.procs` of `procs_dir`.
+pub fn pids(procs_dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Option<Vec<u32>> {
+    let text = r.read(&procs_dir.join("cgroup.procs"), e)?;
+    Some(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+/// Fills processes, threads and fds from the container's `pids`;
+/// `procs_dir` holds `tasks` (v1) or `cgroup.threads` (v2). `pids_current`
+/// (hierarchical, what cAdvisor exports as threads) wins over the local task
+/// list when known.
 pub fn processes(
     procs_dir: &Path,
+    pids: &[u32],
     proc_root: &Path,
     pids_current: Option<u64>,
     r: &mut Reader,
     e: &ErrorCounts,
     p: &mut Processes,
 ) {
-    let pids: Vec<u32> = match r.read(&procs_dir.join("cgroup.procs"), e) {
-        Some(text) => text.lines().filter_map(|l| l.trim().parse().ok()).collect(),
-        None => return,
-    };
     p.processes = Some(pids.len() as u64);
     p.threads = pids_current.or_else(|| {
         let v1 = procs_dir.join("tasks");
@@ -39,7 +43,7 @@ pub fn processes(
         r.read(&list, e).map(lines)
     });
     let mut fds = 0u64;
-    for pid in &pids {
+    for pid in pids {
         match fs::read_dir(proc_root.join(pid.to_string()).join("fd")) {
             Ok(dir) => fds += dir.count() as u64,
             // The process exited since cgroup.procs was read: it has none.
@@ -69,13 +73,30 @@ mod tests {
         fs::write(dir.path().join("tasks"), format!("{me}\n1\n2\n")).unwrap();
         let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
         let mut p = Processes::default();
-        processes(dir.path(), Path::new("/proc"), None, &mut r, &e, &mut p);
+        let list = pids(dir.path(), &mut r, &e).unwrap();
+        processes(
+            dir.path(),
+            &list,
+            Path::new("/proc"),
+            None,
+            &mut r,
+            &e,
+            &mut p,
+        );
         assert_eq!(p.processes, Some(2));
         assert_eq!(p.threads, Some(3));
         let own = fs::read_dir("/proc/self/fd").unwrap().count() as u64;
         assert!(p.fds.unwrap().abs_diff(own) <= 2, "{:?} vs {own}", p.fds);
         let mut p = Processes::default();
-        processes(dir.path(), Path::new("/proc"), Some(7), &mut r, &e, &mut p);
+        processes(
+            dir.path(),
+            &list,
+            Path::new("/proc"),
+            Some(7),
+            &mut r,
+            &e,
+            &mut p,
+        );
         assert_eq!(p.threads, Some(7), "pids.current wins");
         assert!(e.snapshot().is_empty());
     }

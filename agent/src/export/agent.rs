@@ -163,11 +163,12 @@ pub fn encode(encoder: &mut DescriptorEncoder, s: &Sources, snapshot: &Snapshot)
     let mut cache = Family::new(
         encoder,
         "cgscope_stats_cache_samples",
-        "Samples held in the stats cache.",
+        "Samples in the stats cache: all, and distinct (equal neighbours share storage).",
         None,
         MetricType::Gauge,
     )?;
-    cache.gauge(&NO_LABELS, s.cache.samples() as i64)?;
+    cache.gauge(&[("kind", "all")], s.cache.samples() as i64)?;
+    cache.gauge(&[("kind", "distinct")], s.cache.distinct_samples() as i64)?;
 
     if let Some(k) = &s.kernel {
         let mut prog = Family::new(

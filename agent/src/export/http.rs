@@ -61,12 +61,15 @@ impl Format {
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
+    /// Machine and self-metrics only: cheap to scrape often.
+    pub agent_registry: Arc<Registry>,
     pub events: SharedEvents,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/metrics/agent", get(agent_metrics))
         .route("/healthz", get(healthz))
         .route("/api/v1.3/events", get(api::events_root))
         .route("/api/v1.3/events/{*container}", get(api::events))
@@ -94,8 +97,15 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let registry = &state.registry;
-    let format = Format::negotiate(&headers);
+    encode(&state.registry, &headers)
+}
+
+async fn agent_metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    encode(&state.agent_registry, &headers)
+}
+
+fn encode(registry: &Registry, headers: &HeaderMap) -> Response {
+    let format = Format::negotiate(headers);
     let mut body = String::with_capacity(64 * 1024);
     let encoded = match format {
         Format::OpenMetrics => text::encode(&mut body, registry),

@@ -36,13 +36,31 @@ pub struct Sources {
 
 #[derive(Debug)]
 pub struct AgentCollector {
-    sources: Sources,
+    sources: Arc<Sources>,
+    /// Whether per-container families are included (`/metrics`) or only
+    /// the machine and the agent's own (`/metrics/agent`).
+    containers: bool,
 }
 
+/// The registries behind `/metrics` and `/metrics/agent`.
+pub fn registries(sources: Sources) -> (Registry, Registry) {
+    let sources = Arc::new(sources);
+    let mut full = Registry::default();
+    full.register_collector(Box::new(AgentCollector {
+        sources: sources.clone(),
+        containers: true,
+    }));
+    let mut agent = Registry::default();
+    agent.register_collector(Box::new(AgentCollector {
+        sources,
+        containers: false,
+    }));
+    (full, agent)
+}
+
+#[cfg(test)]
 pub fn registry(sources: Sources) -> Registry {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(AgentCollector { sources }));
-    registry
+    registries(sources).0
 }
 
 /// Writes one family: one descriptor, then its rows.
@@ -87,6 +105,10 @@ impl Collector for AgentCollector {
         let machine = self.sources.machine.borrow().clone();
         encode_machine(&mut encoder, machine.as_deref())?;
         let snapshot = self.sources.registry.borrow().clone();
+        if !self.containers {
+            encode_status(&mut encoder, &self.sources.status)?;
+            return super::agent::encode(&mut encoder, &self.sources, &snapshot);
+        }
         super::containers::encode(
             &mut encoder,
             &snapshot,

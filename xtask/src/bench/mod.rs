@@ -1,6 +1,7 @@
 //! `cargo xtask bench <what>`: measurements with targets, printed as tables.
 //! Never timed tests: numbers are reported, not asserted.
 
+mod collect;
 mod discovery;
 mod oom;
 
@@ -31,11 +32,13 @@ pub fn run(root: &Path, what: &str) -> Result<()> {
     match what {
         "discovery" => discovery::run(&bin),
         "oom" => oom::run(&bin),
+        "collect" => collect::run(&bin),
         "all" => {
             discovery::run(&bin)?;
-            oom::run(&bin)
+            oom::run(&bin)?;
+            collect::run(&bin)
         }
-        other => bail!("unknown benchmark {other:?} (known: discovery, oom, all)"),
+        other => bail!("unknown benchmark {other:?} (known: discovery, oom, collect, all)"),
     }
 }
 
@@ -75,6 +78,10 @@ impl BenchAgent {
             thread::sleep(Duration::from_millis(50));
         }
         Ok(agent)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn get(&self, path: &str) -> Result<String> {

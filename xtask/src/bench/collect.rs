@@ -1,0 +1,255 @@
+//! Collection cost: agent CPU per container per collection and agent RSS
+//! at 100, 1,000 and 5,000 cgroups (each with a sleeping task), against the
+//! floor: a loop that only opens and reads the same files once.
+
+use std::{
+    fs,
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+
+use super::BenchAgent;
+
+const HIERARCHIES: &[&str] = &["cpu", "cpuacct", "memory", "blkio", "pids", "unified"];
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// The files one collection reads on this hybrid host with the kubelet's
+/// metric groups (cgscope_collection_files_read_total / collections, printed
+/// beside the result, confirms the count).
+const FILES: &[(&str, &str)] = &[
+    ("cpuacct", "cpuacct.usage"),
+    ("cpuacct", "cpuacct.stat"),
+    ("cpu", "cpu.stat"),
+    ("cpu", "cpu.cfs_quota_us"),
+    ("cpu", "cpu.cfs_period_us"),
+    ("cpu", "cpu.shares"),
+    ("memory", "memory.usage_in_bytes"),
+    ("memory", "memory.max_usage_in_bytes"),
+    ("memory", "memory.failcnt"),
+    ("memory", "memory.kmem.usage_in_bytes"),
+    ("memory", "memory.stat"),
+    ("memory", "memory.oom_control"),
+    ("memory", "memory.limit_in_bytes"),
+    ("memory", "memory.memsw.limit_in_bytes"),
+    ("memory", "memory.soft_limit_in_bytes"),
+    ("blkio", "blkio.throttle.io_service_bytes_recursive"),
+    ("blkio", "blkio.throttle.io_serviced_recursive"),
+    ("blkio", "blkio.bfq.io_service_bytes_recursive"),
+    ("blkio", "blkio.bfq.io_serviced_recursive"),
+    ("pids", "pids.max"),
+    ("pids", "pids.current"),
+    ("unified", "cpu.pressure"),
+    ("unified", "memory.pressure"),
+    ("unified", "io.pressure"),
+    ("cpu", "cgroup.procs"),
+];
+
+/// Cgroups and their sleeping tasks; all removed on drop.
+struct Fleet {
+    prefix: String,
+    n: usize,
+    sleepers: Vec<Child>,
+}
+
+impl Fleet {
+    fn new(n: usize, threads: usize) -> Result<Self> {
+        let prefix = format!("cgscope-bench-collect-{}-{n}", std::process::id());
+        let mut fleet = Self {
+            prefix,
+            n: 0,
+            sleepers: Vec::new(),
+        };
+        for h in HIERARCHIES {
+            fs::create_dir(Path::new(ROOT).join(h).join(&fleet.prefix))?;
+        }
+        for i in 0..n {
+            for h in HIERARCHIES {
+                fs::create_dir(fleet.dir(h, i))?;
+            }
+            fleet.n = i + 1;
+            let child = if threads > 1 {
+                Command::new("python3")
+                    .arg("-c")
+                    .arg(format!(
+                        "import threading, time\n[threading.Thread(target=time.sleep, args=(3600,), daemon=True).start() for _ in range({})]\ntime.sleep(3600)",
+                        threads - 1
+                    ))
+                    .stdout(Stdio::null())
+                    .spawn()?
+            } else {
+                Command::new("sleep").arg("3600").spawn()?
+            };
+            for h in HIERARCHIES {
+                fs::write(fleet.dir(h, i).join("cgroup.procs"), child.id().to_string())?;
+            }
+            fleet.sleepers.push(child);
+        }
+        Ok(fleet)
+    }
+
+    fn dir(&self, h: &str, i: usize) -> PathBuf {
+        Path::new(ROOT)
+            .join(h)
+            .join(&self.prefix)
+            .join(format!("c{i}"))
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for c in &mut self.sleepers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        thread::sleep(Duration::from_millis(200));
+        for h in HIERARCHIES {
+            for i in 0..self.n {
+                let _ = fs::remove_dir(self.dir(h, i));
+            }
+            let _ = fs::remove_dir(Path::new(ROOT).join(h).join(&self.prefix));
+        }
+    }
+}
+
+fn cpu_seconds_self() -> f64 {
+    // SAFETY: getrusage fills a zeroed struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    (u.ru_utime.tv_sec + u.ru_stime.tv_sec) as f64
+        + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) as f64 / 1e6
+}
+
+/// CPU seconds of a process (utime + stime) from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn metric(agent: &BenchAgent, name: &str) -> f64 {
+    agent
+        .get("/metrics/agent")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The floor: open and read every file once per cgroup, plus the fd
+/// directory listing; µs of CPU per cgroup.
+fn floor(fleet: &Fleet) -> f64 {
+    let mut buf = Vec::with_capacity(8192);
+    let start = cpu_seconds_self();
+    for i in 0..fleet.n {
+        for (h, file) in FILES {
+            buf.clear();
+            if let Ok(mut f) = fs::File::open(fleet.dir(h, i).join(file)) {
+                let _ = f.read_to_end(&mut buf);
+            }
+        }
+        let pid = fleet.sleepers[i].id();
+        let _ = fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count());
+        let _ = fs::metadata(format!("/proc/{pid}/ns/net"));
+    }
+    (cpu_seconds_self() - start) / fleet.n as f64 * 1e6
+}
+
+struct Row {
+    case: String,
+    agent_us: f64,
+    floor_us: f64,
+    files: f64,
+    rss: f64,
+}
+
+pub fn run(bin: &Path) -> Result<()> {
+    let mut rows = Vec::new();
+    for (n, threads) in [(100, 1), (1000, 1), (5000, 1), (200, 50)] {
+        rows.push(measure(bin, n, threads).with_context(|| format!("{n} cgroups"))?);
+    }
+    println!();
+    println!("collection cost per container per collection (target: within 1.5x of the floor; RSS < 64 MiB at 5,000)");
+    println!("| cgroups | agent CPU µs | floor µs | ratio | files/collection | agent RSS MiB |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} |",
+            r.case,
+            r.agent_us,
+            r.floor_us,
+            r.agent_us / r.floor_us,
+            r.files,
+            r.rss
+        );
+    }
+    Ok(())
+}
+
+fn measure(bin: &Path, n: usize, threads: usize) -> Result<Row> {
+    eprintln!("bench collect: creating {n} cgroups with a sleeping task each ({threads} threads)");
+    let fleet = Fleet::new(n, threads)?;
+    // Warm the page cache of the kernel structures once, then measure.
+    let _ = floor(&fleet);
+    let floor_us = floor(&fleet);
+    let agent = BenchAgent::start(
+        bin,
+        &[
+            "--housekeeping-interval",
+            "2s",
+            "--max-housekeeping-interval",
+            "2s",
+        ],
+    )?;
+    let pid = agent.pid();
+    // Warm-up: every container collected at least twice.
+    for _ in 0..120 {
+        if metric(&agent, "cgscope_collections_total") >= 2.0 * n as f64 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    let (c0, k0, f0) = (
+        cpu_seconds(pid),
+        metric(&agent, "cgscope_collections_total"),
+        metric(&agent, "cgscope_collection_files_read_total"),
+    );
+    thread::sleep(Duration::from_secs(20));
+    let (c1, k1, f1) = (
+        cpu_seconds(pid),
+        metric(&agent, "cgscope_collections_total"),
+        metric(&agent, "cgscope_collection_files_read_total"),
+    );
+    let rss = rss_mib(pid);
+    drop(agent);
+    let collections = (k1 - k0).max(1.0);
+    Ok(Row {
+        case: if threads > 1 {
+            format!("{n} × {threads} threads")
+        } else {
+            n.to_string()
+        },
+        agent_us: (c1 - c0) / collections * 1e6,
+        floor_us,
+        files: (f1 - f0) / collections,
+        rss,
+    })
+}
