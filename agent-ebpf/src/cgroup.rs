@@ -14,7 +14,7 @@ use aya_ebpf::{
 
 /// Sized by the agent at load time (`map_max_entries`).
 #[map]
-static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);

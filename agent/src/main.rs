@@ -144,6 +144,7 @@ async fn run(config: Config) -> Result<()> {
         rescan,
     )
     .await;
+    release_startup_memory();
     // OOM kills are attributed by path, so their source starts once the
     // first walk has filled the registry.
     let oom = match (started.kernel.as_mut(), started.oom_ebpf) {
@@ -429,6 +430,16 @@ fn spawn_machine_refresh(config: &Config) -> watch::Receiver<Option<Arc<MachineI
         }
     });
     rx
+}
+
+/// Loading BPF parses the kernel's BTF (megabytes) and the first walk lists
+/// every cgroup; glibc keeps such freed memory unless asked to return it.
+fn release_startup_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 async fn shutdown_signal() {

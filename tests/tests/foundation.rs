@@ -62,7 +62,12 @@ fn loads_ebpf_and_detaches_on_sigterm() {
         "{}",
         agent.log()
     );
-    assert_eq!(m.value("cgscope_ebpf_programs_attached", &[]), Some(2.0));
+    assert_eq!(
+        m.value("cgscope_mode", &[("subsystem", "oom"), ("mode", "ebpf")]),
+        Some(1.0)
+    );
+    // cgroup_mkdir, cgroup_rmdir and mark_victim.
+    assert_eq!(m.value("cgscope_ebpf_programs_attached", &[]), Some(3.0));
     assert_eq!(
         m.value("cgscope_build_info", &[("ebpf_object", "true")]),
         Some(1.0)

@@ -40,7 +40,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     let mut child = cmd::cargo()
         .current_dir(root)
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(args)
         .env("CGSCOPE_BIN", &bin)
         .env("CGSCOPE_BIN_NO_EBPF", no_ebpf.join("debug/cgscope"))

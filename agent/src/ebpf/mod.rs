@@ -25,9 +25,12 @@ use self::{
 /// built without it.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgscope.bpf.o"));
 
-/// Ring buffer for cgroup mkdir/rmdir events. 8 MiB hold about 7,900 events,
-/// enough for a burst of 800 containers created in all ten v1 hierarchies.
-pub const CGROUP_RINGBUF_BYTES: u32 = 8 << 20;
+/// Ring buffer for cgroup mkdir/rmdir events: 4 MiB hold about 7,600
+/// events (760 containers created at once in all ten v1 hierarchies) while
+/// the reader drains it; a burst beyond that is counted as drops and
+/// repaired by the walk. The kernel maps the data twice, so this costs
+/// 8 MiB of the agent's resident memory once used.
+pub const CGROUP_RINGBUF_BYTES: u32 = 4 << 20;
 
 pub fn embedded_object() -> Option<&'static [u8]> {
     (!OBJECT.is_empty()).then_some(OBJECT)
