@@ -179,7 +179,8 @@ fn fill_tp(ctx: &TracePointContext, ev: *mut OomEvent) -> Result<(), i64> {
         if comm_at != 0 {
             let loc: u32 = ctx.read_at(comm_at as usize).map_err(|e| e as i64)?;
             let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
-            (*ev).comm = bpf_probe_read_kernel(src as *const [u8; TASK_COMM_LEN]).map_err(|e| e as i64)?;
+            (*ev).comm =
+                bpf_probe_read_kernel(src as *const [u8; TASK_COMM_LEN]).map_err(|e| e as i64)?;
         }
     }
     Ok(())
