@@ -92,7 +92,6 @@ impl StatsCache {
     }
 
     /// Up to `n` newest samples, oldest first.
-    #[cfg(test)]
     pub fn recent(&self, path: &str, n: usize) -> Vec<Arc<Sample>> {
         let rings = self.rings.read().unwrap_or_else(|p| p.into_inner());
         rings

@@ -234,7 +234,7 @@ async fn run(config: Config) -> Result<()> {
     );
 
     let machine_rx = spawn_machine_refresh(&config);
-    let (registry, agent_registry) = export::metrics::registries(Sources {
+    let sources = Arc::new(Sources {
         machine: machine_rx,
         status,
         registry: snapshot,
@@ -247,6 +247,7 @@ async fn run(config: Config) -> Result<()> {
         devices: Arc::new(DeviceNames::new(&config.proc_root)),
         collect: Some(collector),
     });
+    let (registry, agent_registry) = export::metrics::registries(sources.clone());
 
     let listener = export::http::bind(config.listen)
         .await
@@ -255,7 +256,7 @@ async fn run(config: Config) -> Result<()> {
     let state = export::http::AppState {
         registry: Arc::new(registry),
         agent_registry: Arc::new(agent_registry),
-        events,
+        sources,
     };
     export::http::serve(listener, state, shutdown_signal())
         .await

@@ -2,6 +2,7 @@
 //! `cgscope` binary, scrape it, and gate tests on the privileges they need.
 
 pub mod cgroups;
+pub mod validate;
 
 use std::{
     fs,
@@ -173,14 +174,15 @@ impl Agent {
         })
     }
 
-    /// `/metrics` in the Prometheus text format.
+    /// `/metrics` in the Prometheus text format, validated by promtool.
     pub fn scrape(&self) -> Metrics {
         let r = self.get("/metrics", None).expect("scrape");
         assert_eq!(r.status, 200);
+        validate::prometheus_text(&r.body);
         Metrics(r.body)
     }
 
-    /// `/metrics` in OpenMetrics.
+    /// `/metrics` in OpenMetrics, validated by prometheus_client.
     pub fn scrape_openmetrics(&self) -> Metrics {
         let r = self
             .get(
@@ -194,6 +196,7 @@ impl Agent {
             "{}",
             r.content_type
         );
+        validate::openmetrics(&r.body);
         Metrics(r.body)
     }
 

@@ -358,6 +358,10 @@ fn traffic_from_a_network_namespace_shows_up_in_transmit_bytes() {
             && l.contains("interface=\"lo\"")),
         "loopback is left out"
     );
+    // The host's interfaces belong to `/`, not to cgroups in its namespace.
+    assert!(!m
+        .samples("container_network_receive_bytes_total", &[("id", "/")])
+        .is_empty());
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -84,7 +84,7 @@ impl Collector {
                 if self.groups.network {
                     // The host's interfaces belong to `/` only.
                     let pid = if dirs.root {
-                        Some(1)
+                        Some(self.network.host_pid)
                     } else {
                         pids.first().copied()
                     };

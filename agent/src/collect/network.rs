@@ -54,17 +54,34 @@ pub struct NetworkReader {
     /// netns inode → when read, what was read.
     cache: Mutex<HashMap<u64, (Instant, Vec<Interface>)>>,
     host_netns: Option<u64>,
+    /// A process in the host's network namespace: PID 1 where it can be
+    /// inspected (hostPID), else the agent itself.
+    pub host_pid: u32,
 }
 
 const REUSE: Duration = Duration::from_secs(1);
 
 impl NetworkReader {
     pub fn new(proc_root: &Path) -> Self {
+        let ns = |pid: u32| {
+            std::fs::metadata(proc_root.join(pid.to_string()).join("ns/net"))
+                .ok()
+                .map(|m| m.ino())
+        };
+        let (host_pid, host_netns) = match ns(1) {
+            Some(n) => (1, Some(n)),
+            None => {
+                let me = std::process::id();
+                tracing::info!(
+                    "PID 1's network namespace cannot be inspected: taking the agent's own as the host's"
+                );
+                (me, ns(me))
+            }
+        };
         Self {
             cache: Mutex::default(),
-            host_netns: std::fs::metadata(proc_root.join("1/ns/net"))
-                .ok()
-                .map(|m| m.ino()),
+            host_netns,
+            host_pid,
         }
     }
 
@@ -82,7 +99,7 @@ impl NetworkReader {
         let ns = std::fs::metadata(proc_root.join(pid.to_string()).join("ns/net"))
             .ok()?
             .ino();
-        if !host && Some(ns) == self.host_netns {
+        if !host && (self.host_netns.is_none() || Some(ns) == self.host_netns) {
             return None;
         }
         let now = Instant::now();

@@ -17,6 +17,16 @@ use crate::events::{EventQuery, EventType};
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
+impl ApiError {
+    pub fn new(status: StatusCode, message: String) -> Self {
+        Self(status, message)
+    }
+
+    pub fn bad_param(name: &str, value: &str, why: &str) -> Self {
+        bad_param(name, value, why)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(json!({ "error": self.1 }))).into_response()
@@ -100,7 +110,11 @@ pub async fn events(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let query = event_query(&container, &q)?;
-    let store = state.events.lock().unwrap_or_else(|e| e.into_inner());
+    let store = state
+        .sources
+        .events
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     Ok(Json(store.query(&query)))
 }
 

@@ -16,7 +16,7 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 
 use super::api;
-use crate::events::SharedEvents;
+use super::{api_v2, metrics::Sources};
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -63,7 +63,7 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Machine and self-metrics only: cheap to scrape often.
     pub agent_registry: Arc<Registry>,
-    pub events: SharedEvents,
+    pub sources: Arc<Sources>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -72,9 +72,19 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics/agent", get(agent_metrics))
         .route("/healthz", get(healthz))
         .route("/api/v1.3/events", get(api::events_root))
+        .route("/api/v1.3/events/", get(api::events_root))
         .route("/api/v1.3/events/{*container}", get(api::events))
         .route("/api/v2.0/events", get(api::events_root))
+        .route("/api/v2.0/events/", get(api::events_root))
         .route("/api/v2.0/events/{*container}", get(api::events))
+        .route("/api/v2.0/machine", get(api_v2::machine))
+        .route("/api/v2.0/version", get(api_v2::version))
+        .route("/api/v2.0/spec", get(api_v2::spec_root))
+        .route("/api/v2.0/spec/", get(api_v2::spec_root))
+        .route("/api/v2.0/spec/{*container}", get(api_v2::specs))
+        .route("/api/v2.0/stats", get(api_v2::stats_root))
+        .route("/api/v2.0/stats/", get(api_v2::stats_root))
+        .route("/api/v2.0/stats/{*container}", get(api_v2::stats))
         .with_state(state)
 }
 

@@ -43,8 +43,7 @@ pub struct AgentCollector {
 }
 
 /// The registries behind `/metrics` and `/metrics/agent`.
-pub fn registries(sources: Sources) -> (Registry, Registry) {
-    let sources = Arc::new(sources);
+pub fn registries(sources: Arc<Sources>) -> (Registry, Registry) {
     let mut full = Registry::default();
     full.register_collector(Box::new(AgentCollector {
         sources: sources.clone(),
@@ -60,7 +59,7 @@ pub fn registries(sources: Sources) -> (Registry, Registry) {
 
 #[cfg(test)]
 pub fn registry(sources: Sources) -> Registry {
-    registries(sources).0
+    registries(Arc::new(sources)).0
 }
 
 /// Writes one family: one descriptor, then its rows.

@@ -3,6 +3,7 @@
 
 mod agent;
 pub mod api;
+mod api_v2;
 mod containers;
 pub mod http;
 pub mod metrics;

@@ -1,0 +1,79 @@
+//! Every scrape in the tests is checked by clients nobody here wrote:
+//! `promtool check metrics` (Prometheus) for the text format and
+//! `prometheus_client`'s strict OpenMetrics parser (Python) for OpenMetrics.
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    sync::Once,
+};
+
+const OPENMETRICS_CHECK: &str = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+seen = set()
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        key = (s.name, tuple(sorted(s.labels.items())))
+        if key in seen:
+            sys.exit("duplicate series: %r" % (key,))
+        seen.add(key)
+"#;
+
+fn run(cmd: &mut Command, input: &str) -> Option<(bool, String)> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(input.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), text))
+}
+
+fn missing(tool: &str, once: &Once) {
+    assert!(
+        !crate::strict(),
+        "{tool} is not installed (.ci/run installs it)"
+    );
+    once.call_once(|| eprintln!("NOT VALIDATED: {tool} is not installed"));
+}
+
+/// The Prometheus text format, by promtool.
+pub fn prometheus_text(body: &str) {
+    static MISSING: Once = Once::new();
+    match run(Command::new("promtool").args(["check", "metrics"]), body) {
+        None => missing("promtool", &MISSING),
+        Some((true, _)) => {}
+        Some((false, out)) => panic!("promtool check metrics rejects the exposition:\n{out}"),
+    }
+}
+
+/// OpenMetrics, by the Python client's strict parser (plus a duplicate check
+/// it does not do itself).
+pub fn openmetrics(body: &str) {
+    static MISSING: Once = Once::new();
+    let probe = Command::new("python3")
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        return missing("python3 prometheus_client", &MISSING);
+    }
+    match run(
+        Command::new("python3").args(["-c", OPENMETRICS_CHECK]),
+        body,
+    ) {
+        None => missing("python3", &MISSING),
+        Some((true, _)) => {}
+        Some((false, out)) => {
+            panic!("prometheus_client rejects the OpenMetrics exposition:\n{out}")
+        }
+    }
+}
