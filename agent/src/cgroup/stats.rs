@@ -69,6 +69,9 @@ pub struct DeviceIo {
     pub write_bytes: Option<u64>,
     pub reads: Option<u64>,
     pub writes: Option<u64>,
+    /// v2 iocost (`cost.usage`, `cost.wait`, `cost.indebt`, `cost.indelay`),
+    /// microseconds; only with the iocost controller.
+    pub cost_us: [Option<u64>; 4],
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,6 +81,8 @@ pub struct Processes {
     pub fds: Option<u64>,
     /// `pids.max`; `Some(None)` is unlimited.
     pub threads_max: Option<Option<u64>>,
+    /// Soft `Max open files` of the first process; -1 is unlimited.
+    pub max_open_files: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

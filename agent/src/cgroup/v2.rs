@@ -145,6 +145,10 @@ pub fn io_stat(dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Option<Vec<Device
                 "wbytes" => d.write_bytes = v,
                 "rios" => d.reads = v,
                 "wios" => d.writes = v,
+                "cost.usage" => d.cost_us[0] = v,
+                "cost.wait" => d.cost_us[1] = v,
+                "cost.indebt" => d.cost_us[2] = v,
+                "cost.indelay" => d.cost_us[3] = v,
                 _ => {}
             }
         }

@@ -42,6 +42,11 @@ pub fn processes(
         };
         r.read(&list, e).map(lines)
     });
+    if let Some(first) = pids.first() {
+        p.max_open_files = r
+            .read(&proc_root.join(first.to_string()).join("limits"), e)
+            .and_then(max_open_files);
+    }
     let mut fds = 0u64;
     for pid in pids {
         match fs::read_dir(proc_root.join(pid.to_string()).join("fd")) {
@@ -55,6 +60,17 @@ pub fn processes(
         }
     }
     p.fds = Some(fds);
+}
+
+/// The soft limit of `Max open files` in `/proc/<pid>/limits`.
+pub fn max_open_files(limits: &str) -> Option<i64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    if soft == "unlimited" {
+        Some(-1)
+    } else {
+        soft.parse().ok()
+    }
 }
 
 #[cfg(test)]
@@ -99,5 +115,18 @@ mod tests {
         );
         assert_eq!(p.threads, Some(7), "pids.current wins");
         assert!(e.snapshot().is_empty());
+    }
+
+    #[test]
+    fn open_files_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \nMax cpu time              unlimited            unlimited            seconds   \nMax open files            1024                 524288               files     \n";
+        assert_eq!(max_open_files(limits), Some(1024));
+        assert_eq!(
+            max_open_files(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            Some(-1)
+        );
+        assert_eq!(max_open_files(""), None);
     }
 }

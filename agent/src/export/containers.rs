@@ -64,6 +64,18 @@ pub fn encode(
             oom.counter(&labels(c), c.oom_kills)?;
         }
     }
+    // cAdvisor: -1 when the container has no health check, which is every
+    // container cgscope sees until a runtime provider knows better.
+    let mut health = Family::new(
+        encoder,
+        "container_health_state",
+        "The result of the container's health check",
+        None,
+        MetricType::Gauge,
+    )?;
+    for c in &snapshot.containers {
+        health.gauge(&labels(c), -1)?;
+    }
     let mut seen = Family::new(
         encoder,
         "container_last_seen",
@@ -75,5 +87,15 @@ pub fn encode(
         // A removed container was last seen when it went away.
         seen.gauge(&labels(c), seconds(c.removed.unwrap_or(now)))?;
     }
+    // Errors are per value and counted in cgscope_collection_errors_total;
+    // a scrape never fails as a whole.
+    Family::new(
+        encoder,
+        "container_scrape_error",
+        "1 if there was an error while getting container metrics, 0 otherwise",
+        None,
+        MetricType::Gauge,
+    )?
+    .gauge(&super::metrics::NO_LABELS, 0)?;
     Ok(())
 }

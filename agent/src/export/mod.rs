@@ -5,6 +5,8 @@ mod agent;
 pub mod api;
 mod api_v2;
 mod containers;
+#[cfg(test)]
+mod golden;
 pub mod http;
 pub mod metrics;
 mod stats;

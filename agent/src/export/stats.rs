@@ -97,6 +97,18 @@ pub fn encode(
             Gauge,
             |s| p(s)?.threads,
         )?;
+        let mut ulimits = Family::new(
+            enc,
+            "container_ulimits_soft",
+            "Soft ulimit values for the container root process. Unlimited if -1, except priority and nice",
+            None,
+            Gauge,
+        )?;
+        for (c, s) in &rows {
+            if let Some(v) = s.processes.as_ref().and_then(|p| p.max_open_files) {
+                ulimits.gauge(&(labels(c), [("ulimit", "max_open_files")]), v)?;
+            }
+        }
         // cAdvisor: 0 means unlimited.
         simple(
             enc,
@@ -391,6 +403,35 @@ fn disk_io(enc: &mut DescriptorEncoder, rows: &Rows, devices: &DeviceNames) -> f
             }
         }
     }
+    let cost: [(&str, &str); 4] = [
+        (
+            "container_fs_io_cost_usage_seconds",
+            "Cumulative IOCost usage in seconds",
+        ),
+        (
+            "container_fs_io_cost_wait_seconds",
+            "Cumulative IOCost wait in seconds",
+        ),
+        (
+            "container_fs_io_cost_indebt_seconds",
+            "Cumulative IOCost debt in seconds",
+        ),
+        (
+            "container_fs_io_cost_indelay_seconds",
+            "Cumulative IOCost delay in seconds",
+        ),
+    ];
+    for (i, (name, help)) in cost.into_iter().enumerate() {
+        let mut f = Family::new(enc, name, help, None, Counter)?;
+        for (c, s) in rows {
+            for d in s.io.iter().flatten() {
+                if let Some(us) = d.cost_us[i] {
+                    let device = names[&(d.major, d.minor)].as_str();
+                    f.counter(&(labels(c), [("device", device)]), us as f64 / 1e6)?;
+                }
+            }
+        }
+    }
     let mut usage = Family::new(
         enc,
         "container_blkio_device_usage",
@@ -473,13 +514,14 @@ fn network(enc: &mut DescriptorEncoder, rows: &Rows) -> fmt::Result {
 }
 
 fn hugetlb(enc: &mut DescriptorEncoder, rows: &Rows) -> fmt::Result {
-    use MetricType::{Counter, Gauge};
+    use MetricType::Gauge;
     type Pick = fn(&crate::cgroup::stats::Hugetlb) -> Option<u64>;
     let families: [(&str, &str, MetricType, Pick); 3] = [
+        // A gauge for the reason given at container_memory_failcnt.
         (
             "container_hugetlb_failcnt",
             "Number of hugepage usage hits limits",
-            Counter,
+            Gauge,
             |h| h.failcnt,
         ),
         (
