@@ -246,6 +246,7 @@ async fn run(config: Config) -> Result<()> {
         groups,
         devices: Arc::new(DeviceNames::new(&config.proc_root)),
         collect: Some(collector),
+        http: Arc::default(),
     });
     let (registry, agent_registry) = export::metrics::registries(sources.clone());
 
@@ -253,11 +254,7 @@ async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
-    let state = export::http::AppState {
-        registry: Arc::new(registry),
-        agent_registry: Arc::new(agent_registry),
-        sources,
-    };
+    let state = export::http::AppState::new(registry, agent_registry, sources);
     export::http::serve(listener, state, shutdown_signal())
         .await
         .context("HTTP server")?;

@@ -95,6 +95,40 @@ pub fn encode(encoder: &mut DescriptorEncoder, s: &Sources, snapshot: &Snapshot)
         lifecycle.counter(&[("event", label)], totals.get(&t).copied().unwrap_or(0))?;
     }
 
+    let h = &s.http;
+    Family::new(
+        encoder,
+        "cgscope_scrapes",
+        "Scrapes of /metrics served.",
+        None,
+        MetricType::Counter,
+    )?
+    .counter(&NO_LABELS, load(&h.scrapes))?;
+    Family::new(
+        encoder,
+        "cgscope_scrapes_rejected",
+        "Scrapes refused with 503 because too many were already being encoded.",
+        None,
+        MetricType::Counter,
+    )?
+    .counter(&NO_LABELS, load(&h.rejected))?;
+    Family::new(
+        encoder,
+        "cgscope_last_scrape_duration_seconds",
+        "Time the previous /metrics scrape took to encode.",
+        None,
+        MetricType::Gauge,
+    )?
+    .gauge(&NO_LABELS, load(&h.last_duration_ns) as f64 / 1e9)?;
+    Family::new(
+        encoder,
+        "cgscope_last_scrape_size_bytes",
+        "Size of the previous /metrics response before compression.",
+        None,
+        MetricType::Gauge,
+    )?
+    .gauge(&NO_LABELS, load(&h.last_bytes))?;
+
     let o = &s.oom;
     Family::new(
         encoder,

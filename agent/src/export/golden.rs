@@ -208,6 +208,7 @@ fn everything() -> Sources {
         groups: Groups::all(),
         devices: Arc::new(crate::devices::DeviceNames::new(Path::new("/proc"))),
         collect: None,
+        http: Arc::default(),
     }
 }
 

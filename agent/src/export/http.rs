@@ -13,7 +13,13 @@ use prometheus_client::{
     encoding::{prometheus_text, text},
     registry::Registry,
 };
-use tokio::net::TcpListener;
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use tokio::{net::TcpListener, sync::Semaphore};
+use tower_http::{compression::CompressionLayer, timeout::TimeoutLayer};
 
 use super::api;
 use super::{api_v2, metrics::Sources};
@@ -64,7 +70,27 @@ pub struct AppState {
     /// Machine and self-metrics only: cheap to scrape often.
     pub agent_registry: Arc<Registry>,
     pub sources: Arc<Sources>,
+    pub scrape_permits: Arc<Semaphore>,
 }
+
+impl AppState {
+    pub fn new(registry: Registry, agent_registry: Registry, sources: Arc<Sources>) -> Self {
+        Self {
+            registry: Arc::new(registry),
+            agent_registry: Arc::new(agent_registry),
+            sources,
+            scrape_permits: Arc::new(Semaphore::new(CONCURRENT_SCRAPES)),
+        }
+    }
+}
+
+/// Scrapes encoded at once; more wait up to [`SCRAPE_WAIT`], then get 503.
+/// Each holds one response in memory, so this bounds the memory scrapes
+/// can take.
+const CONCURRENT_SCRAPES: usize = 4;
+const SCRAPE_WAIT: Duration = Duration::from_secs(10);
+/// Every request, slow clients included, ends after this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -86,6 +112,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2.0/stats/", get(api_v2::stats_root))
         .route("/api/v2.0/stats/{*container}", get(api_v2::stats))
         .with_state(state)
+        .layer(CompressionLayer::new().gzip(true))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
 }
 
 pub async fn serve(
@@ -107,27 +138,59 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    encode(&state.registry, &headers)
+    let registry = state.registry.clone();
+    encode(&state, registry, &headers, true).await
 }
 
 async fn agent_metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    encode(&state.agent_registry, &headers)
+    let registry = state.agent_registry.clone();
+    encode(&state, registry, &headers, false).await
 }
 
-fn encode(registry: &Registry, headers: &HeaderMap) -> Response {
-    let format = Format::negotiate(headers);
-    let mut body = String::with_capacity(64 * 1024);
-    let encoded = match format {
-        Format::OpenMetrics => text::encode(&mut body, registry),
-        Format::PrometheusText => prometheus_text::encode(&mut body, registry),
+/// Encodes on the blocking pool (thousands of containers take a while and
+/// must not hold up the reactor), a bounded number at a time.
+async fn encode(
+    state: &AppState,
+    registry: Arc<Registry>,
+    headers: &HeaderMap,
+    count: bool,
+) -> Response {
+    let http = state.sources.http.clone();
+    let Ok(Ok(permit)) =
+        tokio::time::timeout(SCRAPE_WAIT, state.scrape_permits.clone().acquire_owned()).await
+    else {
+        http.rejected.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many scrapes at once, try again\n",
+        )
+            .into_response();
     };
-    if encoded.is_err() {
+    let format = Format::negotiate(headers);
+    let started = Instant::now();
+    let encoded = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut body = String::with_capacity(64 * 1024);
+        let r = match format {
+            Format::OpenMetrics => text::encode(&mut body, &registry),
+            Format::PrometheusText => prometheus_text::encode(&mut body, &registry),
+        };
+        r.map(|()| body)
+    })
+    .await;
+    let Ok(Ok(body)) = encoded else {
         tracing::error!("encoding /metrics failed");
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             "encoding metrics failed\n",
         )
             .into_response();
+    };
+    if count {
+        http.scrapes.fetch_add(1, Ordering::Relaxed);
+        http.last_duration_ns
+            .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        http.last_bytes.store(body.len() as u64, Ordering::Relaxed);
     }
     let mut response = body.into_response();
     response.headers_mut().insert(

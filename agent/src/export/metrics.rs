@@ -32,6 +32,17 @@ pub struct Sources {
     pub groups: crate::config::Groups,
     pub devices: Arc<crate::devices::DeviceNames>,
     pub collect: Option<Arc<crate::collect::Collector>>,
+    pub http: Arc<HttpStats>,
+}
+
+/// The HTTP server's own numbers (of the previous scrape: a scrape cannot
+/// report its own duration).
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    pub scrapes: std::sync::atomic::AtomicU64,
+    pub rejected: std::sync::atomic::AtomicU64,
+    pub last_duration_ns: std::sync::atomic::AtomicU64,
+    pub last_bytes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -252,6 +263,7 @@ mod tests {
                 "/proc",
             ))),
             collect: None,
+            http: Arc::default(),
             status: Arc::new(Status {
                 modes: vec![Mode {
                     subsystem: "discovery",
