@@ -174,3 +174,30 @@ fn prometheus_scrapes_rates_and_sees_removed_series_go() {
         || prom.query(&series).is_empty(),
     );
 }
+
+#[test]
+fn example_scrape_config_is_valid() {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/prometheus/prometheus.yml");
+    let out = match Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+    {
+        Ok(out) => out,
+        Err(_) => {
+            assert!(
+                !tests::strict(),
+                "promtool is not installed (.ci/run installs it)"
+            );
+            eprintln!("SKIPPED example_scrape_config_is_valid: no promtool");
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "promtool check config: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -192,6 +192,13 @@ pub fn blkio(dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Vec<DeviceIo> {
             });
         }
     }
+    // Devices the cgroup never touched are listed with zeros; cAdvisor
+    // exports those too, cgscope leaves them out like zero per-CPU usage.
+    devs.retain(|d| {
+        [d.read_bytes, d.write_bytes, d.reads, d.writes]
+            .iter()
+            .any(|v| v.is_some_and(|v| v > 0))
+    });
     devs.sort_by_key(|d| (d.major, d.minor));
     devs
 }
@@ -283,6 +290,7 @@ mod tests {
     fn blkio_takes_the_larger_of_throttle_and_bfq() {
         let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
         let d = blkio(&dir("blkio"), &mut r, &e);
+        // 8:16 is listed with zeros only.
         assert_eq!(d.len(), 2);
         assert_eq!((d[0].major, d[0].minor), (8, 0));
         assert_eq!(

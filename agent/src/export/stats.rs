@@ -72,7 +72,9 @@ pub fn encode(
         network(enc, &rows)?;
     }
     if groups.process {
-        let p = |s: &Sample| s.processes.clone();
+        fn p(s: &Sample) -> Option<&crate::cgroup::stats::Processes> {
+            s.processes.as_ref()
+        }
         simple(
             enc,
             &rows,
@@ -120,7 +122,9 @@ pub fn encode(
         )?;
     }
     if groups.pressure {
-        let pr = |s: &Sample| s.pressure.clone();
+        fn pr(s: &Sample) -> Option<&crate::cgroup::stats::Pressure> {
+            s.pressure.as_ref()
+        }
         for (name, help, pick) in [
             ("container_pressure_cpu_waiting_seconds", "Total time duration tasks in the container have waited due to CPU congestion.", (|p: &crate::cgroup::stats::Pressure| p.cpu.0) as fn(&_) -> Option<u64>),
             ("container_pressure_cpu_stalled_seconds", "Total time duration no tasks in the container could make progress due to CPU congestion.", |p| p.cpu.1),
@@ -129,7 +133,7 @@ pub fn encode(
             ("container_pressure_io_waiting_seconds", "Total time duration tasks in the container have waited due to IO congestion.", |p| p.io.0),
             ("container_pressure_io_stalled_seconds", "Total time duration no tasks in the container could make progress due to IO congestion.", |p| p.io.1),
         ] {
-            simple(enc, &rows, name, help, Counter, |s| pick(&pr(s)?).map(|us| us as f64 / 1e6))?;
+            simple(enc, &rows, name, help, Counter, |s| pick(pr(s)?).map(|us| us as f64 / 1e6))?;
         }
     }
     if groups.hugetlb {
@@ -164,7 +168,9 @@ fn cpu(enc: &mut DescriptorEncoder, rows: &Rows, percpu: bool) -> fmt::Result {
             usage.counter(&(labels(c), [("cpu", "total")]), secs(ns))?;
         }
     }
-    let cpu = |s: &Sample| s.cpu.clone();
+    fn cpu(s: &Sample) -> Option<&crate::cgroup::stats::Cpu> {
+        s.cpu.as_ref()
+    }
     simple(
         enc,
         rows,
@@ -227,7 +233,9 @@ fn cpu(enc: &mut DescriptorEncoder, rows: &Rows, percpu: bool) -> fmt::Result {
 
 fn memory(enc: &mut DescriptorEncoder, rows: &Rows) -> fmt::Result {
     use MetricType::{Counter, Gauge};
-    let m = |s: &Sample| -> Option<Memory> { s.memory.clone() };
+    fn m(s: &Sample) -> Option<&Memory> {
+        s.memory.as_ref()
+    }
     let gauges: [MemoryFamily; 11] = [
         ("container_memory_cache", "Number of bytes of page cache memory.", |m| m.cache),
         ("container_memory_rss", "Size of RSS in bytes.", |m| m.rss),
@@ -242,7 +250,7 @@ fn memory(enc: &mut DescriptorEncoder, rows: &Rows) -> fmt::Result {
         ("container_memory_file_dirty_bytes", "Number of bytes of file cache that has been modified but not yet written back to disk.", |m| m.file_dirty),
     ];
     for (name, help, pick) in gauges {
-        simple(enc, rows, name, help, Gauge, |s| pick(&m(s)?))?;
+        simple(enc, rows, name, help, Gauge, |s| pick(m(s)?))?;
     }
     simple(
         enc,
@@ -275,7 +283,7 @@ fn memory(enc: &mut DescriptorEncoder, rows: &Rows) -> fmt::Result {
         ("container_memory_workingset_refault_anon", "Cumulative number of refaults of previously evicted anonymous pages.", |m| m.workingset_refault_anon),
     ];
     for (name, help, pick) in counters {
-        simple(enc, rows, name, help, Counter, |s| pick(&m(s)?))?;
+        simple(enc, rows, name, help, Counter, |s| pick(m(s)?))?;
     }
     let mut failures = Family::new(
         enc,

@@ -50,14 +50,14 @@ const FILES: &[(&str, &str)] = &[
 ];
 
 /// Cgroups and their sleeping tasks; all removed on drop.
-struct Fleet {
+pub(super) struct Fleet {
     prefix: String,
     n: usize,
     sleepers: Vec<Child>,
 }
 
 impl Fleet {
-    fn new(n: usize, threads: usize) -> Result<Self> {
+    pub(super) fn new(n: usize, threads: usize) -> Result<Self> {
         let prefix = format!("cgscope-bench-collect-{}-{n}", std::process::id());
         let mut fleet = Self {
             prefix,
@@ -144,7 +144,7 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-fn metric(agent: &BenchAgent, name: &str) -> f64 {
+pub(super) fn metric(agent: &BenchAgent, name: &str) -> f64 {
     agent
         .get("/metrics/agent")
         .unwrap_or_default()

@@ -4,6 +4,7 @@
 mod collect;
 mod discovery;
 mod oom;
+mod scrape;
 
 use std::{
     fs,
@@ -33,12 +34,14 @@ pub fn run(root: &Path, what: &str) -> Result<()> {
         "discovery" => discovery::run(&bin),
         "oom" => oom::run(&bin),
         "collect" => collect::run(&bin),
+        "scrape" => scrape::run(&bin),
         "all" => {
             discovery::run(&bin)?;
             oom::run(&bin)?;
-            collect::run(&bin)
+            collect::run(&bin)?;
+            scrape::run(&bin)
         }
-        other => bail!("unknown benchmark {other:?} (known: discovery, oom, collect, all)"),
+        other => bail!("unknown benchmark {other:?} (known: discovery, oom, collect, scrape, all)"),
     }
 }
 
