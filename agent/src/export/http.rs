@@ -168,9 +168,16 @@ async fn encode(
     };
     let format = Format::negotiate(headers);
     let started = Instant::now();
+    // Sized from the previous scrape: growing a multi-megabyte String by
+    // doubling copies it several times.
+    let size = if count {
+        (http.last_bytes.load(Ordering::Relaxed) as usize).saturating_mul(9) / 8
+    } else {
+        0
+    };
     let encoded = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let mut body = String::with_capacity(64 * 1024);
+        let mut body = String::with_capacity(size.max(64 * 1024));
         let r = match format {
             Format::OpenMetrics => text::encode(&mut body, &registry),
             Format::PrometheusText => prometheus_text::encode(&mut body, &registry),
