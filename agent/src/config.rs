@@ -41,6 +41,11 @@ pub struct Config {
     #[arg(long, default_value = "/dev/kmsg")]
     pub kmsg_path: PathBuf,
 
+    /// Docker Engine API socket (also Podman's `podman system service`)
+    /// asked for container names, images and labels.
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    pub docker_endpoint: PathBuf,
+
     /// How often every hierarchy is walked to repair what the event sources
     /// missed (cAdvisor's global housekeeping).
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]

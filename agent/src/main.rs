@@ -13,6 +13,7 @@ mod export;
 mod machine;
 mod oom;
 mod registry;
+mod runtime;
 mod status;
 
 use std::{io::IsTerminal as _, sync::Arc, time::Duration};
@@ -202,6 +203,18 @@ async fn run(config: Config) -> Result<()> {
     });
     tracing::info!(discovery, oom, "modes chosen");
 
+    let runtime_errors = Arc::new(ErrorCounts::new("runtime"));
+    runtime::spawn(
+        vec![
+            Arc::new(runtime::docker::DockerProvider::new(
+                &config.docker_endpoint,
+            )),
+            Arc::new(runtime::path::PathProvider),
+        ],
+        snapshot.clone(),
+        registry_tx.clone(),
+        runtime_errors.clone(),
+    );
     let (groups, unsupported) =
         Groups::from_flags(config.enable_metrics.as_deref(), &config.disable_metrics)
             .map_err(|e| anyhow::anyhow!("--enable-metrics/--disable-metrics: {e}"))?;
@@ -247,6 +260,7 @@ async fn run(config: Config) -> Result<()> {
         devices: Arc::new(DeviceNames::new(&config.proc_root)),
         collect: Some(collector),
         http: Arc::default(),
+        runtime_errors,
     });
     let (registry, agent_registry) = export::metrics::registries(sources.clone());
 

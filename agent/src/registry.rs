@@ -25,6 +25,11 @@ pub enum Msg {
     Changes(Vec<Change>),
     Walked(WalkResult),
     Oom(OomKill),
+    /// What the runtime providers know about a container.
+    Metadata {
+        path: Arc<str>,
+        metadata: Arc<crate::runtime::Metadata>,
+    },
     /// Which container a (hierarchy, cgroup id) pair belongs or belonged to.
     Resolve {
         hierarchy: u32,
@@ -49,6 +54,8 @@ pub struct ContainerInfo {
     pub oom_kills: u64,
     /// OOMs where this was the memory cgroup that ran out.
     pub ooms: u64,
+    /// Name, image and Kubernetes labels from the runtime providers.
+    pub metadata: Option<Arc<crate::runtime::Metadata>>,
 }
 
 impl ContainerInfo {
@@ -164,6 +171,13 @@ impl Registry {
             }
             Msg::Walked(result) => self.reconcile(result),
             Msg::Oom(kill) => self.oom(kill),
+            Msg::Metadata { path, metadata } => match self.entries.get_mut(&path) {
+                Some(e) if e.info.metadata.as_ref() != Some(&metadata) => {
+                    Arc::make_mut(&mut e.info).metadata = Some(metadata);
+                    true
+                }
+                _ => false,
+            },
             Msg::Resolve {
                 hierarchy,
                 id,
@@ -190,6 +204,7 @@ impl Registry {
                 removed: None,
                 oom_kills: 0,
                 ooms: 0,
+                metadata: None,
             };
             self.record(EventType::ContainerCreation, &c.path, c.at);
             // The discovery benchmark measures mkdir → here from this line.

@@ -129,6 +129,17 @@ pub fn encode(encoder: &mut DescriptorEncoder, s: &Sources, snapshot: &Snapshot)
     )?
     .gauge(&NO_LABELS, load(&h.last_bytes))?;
 
+    let mut runtime = Family::new(
+        encoder,
+        "cgscope_runtime_errors",
+        "Container runtime provider failures by provider (labels stay empty); each is logged once.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (provider, n) in s.runtime_errors.snapshot() {
+        runtime.counter(&[("provider", provider)], n)?;
+    }
+
     let o = &s.oom;
     Family::new(
         encoder,

@@ -11,13 +11,15 @@ use crate::registry::{ContainerInfo, Snapshot};
 /// other than `id` come from the runtime metadata providers; empty until
 /// one knows them.
 pub fn labels(c: &ContainerInfo) -> [(&'static str, &str); 6] {
+    let md = c.metadata.as_deref();
+    let get = |f: fn(&crate::runtime::Metadata) -> &str| md.map_or("", f);
     [
-        ("container", ""),
+        ("container", get(|m| &m.container)),
         ("id", &c.path),
-        ("image", ""),
-        ("name", ""),
-        ("namespace", ""),
-        ("pod", ""),
+        ("image", get(|m| &m.image)),
+        ("name", get(|m| &m.name)),
+        ("namespace", get(|m| &m.namespace)),
+        ("pod", get(|m| &m.pod)),
     ]
 }
 

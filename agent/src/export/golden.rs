@@ -187,6 +187,7 @@ fn everything() -> Sources {
         removed: None,
         oom_kills: 0,
         ooms: 0,
+        metadata: None,
     };
     let (_tx, registry_rx) = tokio::sync::watch::channel(Arc::new(Snapshot {
         containers: vec![Arc::new(info)],
@@ -209,6 +210,7 @@ fn everything() -> Sources {
         devices: Arc::new(crate::devices::DeviceNames::new(Path::new("/proc"))),
         collect: None,
         http: Arc::default(),
+        runtime_errors: Arc::new(ErrorCounts::new("runtime")),
     }
 }
 

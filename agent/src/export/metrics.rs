@@ -33,6 +33,7 @@ pub struct Sources {
     pub devices: Arc<crate::devices::DeviceNames>,
     pub collect: Option<Arc<crate::collect::Collector>>,
     pub http: Arc<HttpStats>,
+    pub runtime_errors: Arc<crate::errors::ErrorCounts>,
 }
 
 /// The HTTP server's own numbers (of the previous scrape: a scrape cannot
@@ -264,6 +265,7 @@ mod tests {
             ))),
             collect: None,
             http: Arc::default(),
+            runtime_errors: Arc::new(crate::errors::ErrorCounts::new("runtime")),
             status: Arc::new(Status {
                 modes: vec![Mode {
                     subsystem: "discovery",

@@ -1,0 +1,323 @@
+//! Container names and images from a real container runtime: Podman, its
+//! Docker-compatible API served by `podman system service` on a socket of
+//! the test's own, containers run with runc from a busybox image the test
+//! builds. Everything the test creates is removed at the end.
+
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::net::UnixListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use tests::{
+    cgroups::{wait_for, CgroupTree},
+    require_root, Agent,
+};
+
+struct Podman {
+    dir: tempfile::TempDir,
+    service: Option<Child>,
+    /// Whether libpod_parent existed before the test (then it is not ours).
+    parent_existed: bool,
+    /// Likewise /run/containers, which podman 4.3 creates whatever it is told.
+    run_dir_existed: bool,
+}
+
+impl Podman {
+    fn new() -> Option<Self> {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        if Command::new("podman").arg("--version").output().is_err()
+            || Command::new("runc").arg("--version").output().is_err()
+        {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("cgscope-podman")
+            .tempdir()
+            .ok()?;
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(d)).ok()?;
+        }
+        std::fs::copy(busybox, rootfs.join("bin/busybox")).ok()?;
+        for applet in ["sh", "sleep", "tail", "cat"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).ok()?;
+        }
+        // Everything podman keeps goes below the test's directory.
+        std::fs::write(
+            dir.path().join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\nnetns = \"none\"\n\
+                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 tmp_dir = \"{0}/tmp\"\n[network]\nnetwork_config_dir = \"{0}/networks\"\n",
+                dir.path().display()
+            ),
+        )
+        .ok()?;
+        let mut p = Self {
+            dir,
+            service: None,
+            parent_existed: Path::new("/sys/fs/cgroup/memory/libpod_parent").exists(),
+            run_dir_existed: Path::new("/run/containers").exists(),
+        };
+        let tar = p.dir.path().join("rootfs.tar");
+        assert!(Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success());
+        assert!(p
+            .cmd()
+            .args(["import", "-q"])
+            .arg(&tar)
+            .arg("localhost/cgscope-busybox:test")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success());
+        let socket = p.socket();
+        p.service = Some(
+            p.cmd()
+                .args(["system", "service", "--time=0"])
+                .arg(format!("unix://{}", socket.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for("the podman API socket", Duration::from_secs(20), || {
+            socket.exists()
+        });
+        Some(p)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("podman.sock")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(self.dir.path().join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.path().join("run"))
+            .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"));
+        c
+    }
+
+    /// Runs a detached container; returns its id.
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(["run", "-d"]).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "podman run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd().args(["rm", "-a", "-f", "-t", "0"]).output();
+        if let Some(mut s) = self.service.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = self.cmd().args(["rmi", "-a", "-f"]).output();
+        if !self.run_dir_existed {
+            let _ = std::fs::remove_dir(Path::new("/run/containers/networks"));
+            let _ = std::fs::remove_dir(Path::new("/run/containers"));
+        }
+        // podman leaves its parent cgroups behind; they are ours to remove
+        // when they did not exist before.
+        if !self.parent_existed {
+            for h in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let parent = h.path().join("libpod_parent");
+                let _ = std::fs::remove_dir(parent.join("conmon"));
+                let _ = std::fs::remove_dir(&parent);
+            }
+        }
+    }
+}
+
+#[test]
+fn podman_containers_get_their_name_image_limits_and_oom_count() {
+    if !require_root("podman_containers_get_their_name_image_limits_and_oom_count") {
+        return;
+    }
+    let Some(podman) = Podman::new() else {
+        assert!(
+            !tests::strict(),
+            "podman, runc and busybox-static are needed (.ci/run installs them)"
+        );
+        eprintln!("SKIPPED podman test: podman, runc or busybox missing");
+        return;
+    };
+    let agent = Agent::start(&[
+        "--docker-endpoint",
+        podman.socket().to_str().unwrap(),
+        "--housekeeping-interval",
+        "1s",
+        "--max-housekeeping-interval",
+        "1s",
+    ]);
+    let name = format!("cgscope-web-{}", std::process::id());
+    let id = podman.run(&[
+        "--name",
+        &name,
+        "--memory",
+        "64m",
+        "--cpus",
+        "0.5",
+        "localhost/cgscope-busybox:test",
+        "/bin/sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    let path = format!("/libpod_parent/libpod-{id}");
+    wait_for(
+        "the container's labelled series",
+        Duration::from_secs(20),
+        || {
+            agent.scrape().value(
+                "container_spec_memory_limit_bytes",
+                &[
+                    ("id", &path),
+                    ("name", &name),
+                    ("image", "localhost/cgscope-busybox:test"),
+                ],
+            ) == Some(67108864.0)
+        },
+    );
+    // CPU: half a core for a few seconds.
+    let usage = |m: &tests::Metrics| {
+        m.value(
+            "container_cpu_usage_seconds_total",
+            &[("id", &path), ("name", &name)],
+        )
+        .unwrap_or(0.0)
+    };
+    let (a, t0) = (usage(&agent.scrape()), std::time::Instant::now());
+    thread::sleep(Duration::from_secs(5));
+    let (b, t1) = (usage(&agent.scrape()), std::time::Instant::now());
+    let rate = (b - a) / (t1 - t0).as_secs_f64();
+    assert!(
+        (0.3..=0.65).contains(&rate),
+        "a --cpus 0.5 loop uses about half a core: {rate}"
+    );
+
+    // A memory hog that the OOM killer ends; its count outlives it.
+    let hog = podman.run(&[
+        "--memory",
+        "64m",
+        "localhost/cgscope-busybox:test",
+        "/bin/tail",
+        "/dev/zero",
+    ]);
+    let hog_path = format!("/libpod_parent/libpod-{hog}");
+    wait_for(
+        "the hog's OOM kill after its cgroup is gone",
+        Duration::from_secs(30),
+        || {
+            let m = agent.scrape();
+            m.value("container_oom_events_total", &[("id", &hog_path)]) == Some(1.0)
+                && !Path::new(&format!("/sys/fs/cgroup/memory{hog_path}")).exists()
+        },
+    );
+    let _ = podman.cmd().args(["rm", "-f", "-t", "0", &name]).output();
+}
+
+/// A unix socket that answers every request with `reply` after `delay`.
+fn fake_engine(socket: &Path, reply: &'static str, delay: Duration) {
+    let listener = UnixListener::bind(socket).unwrap();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                thread::sleep(delay);
+                let _ = conn.write_all(reply.as_bytes());
+            });
+        }
+    });
+}
+
+#[test]
+fn a_broken_or_slow_runtime_costs_only_its_labels() {
+    if !require_root("a_broken_or_slow_runtime_costs_only_its_labels") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &'static str, Duration); 3] = [
+        (
+            "garbage",
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{not json",
+            Duration::ZERO,
+        ),
+        (
+            "slow",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            Duration::from_secs(30),
+        ),
+        ("missing", "", Duration::ZERO),
+    ];
+    for (case, reply, delay) in cases {
+        let socket = dir.path().join(format!("{case}.sock"));
+        if case != "missing" {
+            fake_engine(&socket, reply, delay);
+        }
+        let agent = Agent::start(&[
+            "--docker-endpoint",
+            socket.to_str().unwrap(),
+            "--housekeeping-interval",
+            "1s",
+        ]);
+        let tree = CgroupTree::new(&format!("rt-{case}"), &["cpu", "cpuacct"]);
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        tree.mkdir(&format!("docker-{id}.scope")).unwrap();
+        let path = tree.path(&format!("docker-{id}.scope"));
+        // Collection goes on, with the path provider's name (the id).
+        wait_for(
+            &format!("[{case}] series with empty image"),
+            Duration::from_secs(20),
+            || {
+                agent
+                    .scrape()
+                    .value(
+                        "container_cpu_usage_seconds_total",
+                        &[("id", &path), ("name", id), ("image", "")],
+                    )
+                    .is_some()
+            },
+        );
+        if case != "missing" {
+            wait_for(
+                &format!("[{case}] the failure counted"),
+                Duration::from_secs(20),
+                || {
+                    agent
+                        .scrape()
+                        .value("cgscope_runtime_errors_total", &[("provider", "docker")])
+                        .unwrap_or(0.0)
+                        >= 1.0
+                },
+            );
+        }
+        assert_eq!(agent.get("/healthz", None).unwrap().status, 200);
+    }
+}
