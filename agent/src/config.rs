@@ -46,6 +46,17 @@ pub struct Config {
     #[arg(long, default_value = "/var/run/docker.sock")]
     pub docker_endpoint: PathBuf,
 
+    /// Export every runtime label of a container as `container_label_<key>`
+    /// (cAdvisor's standalone behaviour; off, as in the kubelet, because it
+    /// multiplies series).
+    #[arg(long)]
+    pub store_container_labels: bool,
+
+    /// Runtime labels to export as `container_label_<key>` (comma separated),
+    /// present on every container's series, empty where it lacks them.
+    #[arg(long, value_delimiter = ',')]
+    pub whitelisted_container_labels: Vec<String>,
+
     /// How often every hierarchy is walked to repair what the event sources
     /// missed (cAdvisor's global housekeeping).
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]

@@ -211,6 +211,15 @@ async fn run(config: Config) -> Result<()> {
             )),
             Arc::new(runtime::path::PathProvider),
         ],
+        runtime::LabelPolicy {
+            store_all: config.store_container_labels,
+            whitelist: config
+                .whitelisted_container_labels
+                .iter()
+                .map(|l| l.trim().to_owned())
+                .filter(|l| !l.is_empty())
+                .collect(),
+        },
         snapshot.clone(),
         registry_tx.clone(),
         runtime_errors.clone(),

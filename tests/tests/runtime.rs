@@ -174,6 +174,8 @@ fn podman_containers_get_their_name_image_limits_and_oom_count() {
         "1s",
         "--max-housekeeping-interval",
         "1s",
+        "--whitelisted-container-labels",
+        "team,io.kubernetes.pod.name",
     ]);
     let name = format!("cgscope-web-{}", std::process::id());
     let id = podman.run(&[
@@ -183,6 +185,10 @@ fn podman_containers_get_their_name_image_limits_and_oom_count() {
         "64m",
         "--cpus",
         "0.5",
+        "--label",
+        "team=storage",
+        "--env",
+        "SECRET=hunter2",
         "localhost/cgscope-busybox:test",
         "/bin/sh",
         "-c",
@@ -202,6 +208,24 @@ fn podman_containers_get_their_name_image_limits_and_oom_count() {
                 ],
             ) == Some(67108864.0)
         },
+    );
+    // The label policy: listed labels only, absent ones empty, no env.
+    let m = agent.scrape();
+    assert!(
+        m.value(
+            "container_memory_usage_bytes",
+            &[
+                ("id", &path),
+                ("container_label_team", "storage"),
+                ("container_label_io_kubernetes_pod_name", "")
+            ]
+        )
+        .is_some(),
+        "whitelisted labels"
+    );
+    assert!(
+        !m.0.contains("hunter2") && !m.0.contains("container_env_"),
+        "no environment variables"
     );
     // CPU: half a core for a few seconds.
     let usage = |m: &tests::Metrics| {

@@ -2,7 +2,10 @@
 
 use std::{fmt, time::SystemTime};
 
-use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeLabel as _, EncodeLabelSet, LabelSetEncoder},
+    metrics::MetricType,
+};
 
 use super::metrics::Family;
 use crate::registry::{ContainerInfo, Snapshot};
@@ -10,17 +13,37 @@ use crate::registry::{ContainerInfo, Snapshot};
 /// The kubelet's fixed labels (`/metrics/cadvisor`), in its order. Values
 /// other than `id` come from the runtime metadata providers; empty until
 /// one knows them.
-pub fn labels(c: &ContainerInfo) -> [(&'static str, &str); 6] {
+pub fn labels(c: &ContainerInfo) -> ContainerLabels<'_> {
     let md = c.metadata.as_deref();
     let get = |f: fn(&crate::runtime::Metadata) -> &str| md.map_or("", f);
-    [
-        ("container", get(|m| &m.container)),
-        ("id", &c.path),
-        ("image", get(|m| &m.image)),
-        ("name", get(|m| &m.name)),
-        ("namespace", get(|m| &m.namespace)),
-        ("pod", get(|m| &m.pod)),
-    ]
+    ContainerLabels {
+        base: [
+            ("container", get(|m| &m.container)),
+            ("id", &c.path),
+            ("image", get(|m| &m.image)),
+            ("name", get(|m| &m.name)),
+            ("namespace", get(|m| &m.namespace)),
+            ("pod", get(|m| &m.pod)),
+        ],
+        extra: md.map_or(&[], |m| m.exported_labels.as_slice()),
+    }
+}
+
+/// The kubelet's six labels, then the runtime labels the label policy
+/// exports (`container_label_*`; none by default).
+pub struct ContainerLabels<'a> {
+    base: [(&'static str, &'a str); 6],
+    extra: &'a [(String, String)],
+}
+
+impl EncodeLabelSet for ContainerLabels<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        self.base.encode(encoder)?;
+        for (k, v) in self.extra {
+            (k.as_str(), v.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 fn seconds(t: SystemTime) -> f64 {

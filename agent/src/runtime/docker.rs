@@ -79,6 +79,7 @@ pub fn parse_inspect(body: &[u8], fallback_name: &str) -> Result<Metadata, Provi
             .and_then(|t| humantime::parse_rfc3339_weak(t.get(..19)?).ok()),
         labels,
         provider: "docker",
+        exported_labels: Vec::new(),
     })
 }
 

@@ -36,6 +36,54 @@ pub struct Metadata {
     pub started_at: Option<SystemTime>,
     /// Which provider said so.
     pub provider: &'static str,
+    /// `container_label_<key>` pairs the label policy exports.
+    pub exported_labels: Vec<(String, String)>,
+}
+
+/// Which runtime labels become `container_label_*` series labels: none by
+/// default (the kubelet's fixed set), all, or a list. Environment variables
+/// are never exported (cAdvisor's leak secrets and explode cardinality).
+#[derive(Debug, Clone, Default)]
+pub struct LabelPolicy {
+    pub store_all: bool,
+    pub whitelist: Vec<String>,
+}
+
+/// `io.kubernetes.pod.name` → `container_label_io_kubernetes_pod_name`.
+pub fn label_name(key: &str) -> String {
+    let clean: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("container_label_{clean}")
+}
+
+impl LabelPolicy {
+    /// The pairs to export. With a whitelist every listed key is there (empty
+    /// when the container lacks it), so a family's label names do not vary.
+    pub fn export(&self, labels: &BTreeMap<String, String>) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = if self.store_all {
+            labels
+                .iter()
+                .map(|(k, v)| (label_name(k), v.clone()))
+                .collect()
+        } else {
+            self.whitelist
+                .iter()
+                .map(|k| (label_name(k), labels.get(k).cloned().unwrap_or_default()))
+                .collect()
+        };
+        // Sanitising can map two keys to one name: the first wins.
+        let mut seen = HashSet::new();
+        out.retain(|(k, _)| seen.insert(k.clone()));
+        out
+    }
 }
 
 #[derive(Debug, Error)]
@@ -70,10 +118,12 @@ const CONCURRENT: usize = 8;
 /// answers.
 pub fn spawn(
     providers: Vec<Arc<dyn Provider>>,
+    policy: LabelPolicy,
     mut registry: watch::Receiver<Arc<Snapshot>>,
     tx: mpsc::Sender<Msg>,
     errors: Arc<ErrorCounts>,
 ) {
+    let policy = Arc::new(policy);
     tokio::spawn(async move {
         let mut asked: HashSet<Arc<str>> = HashSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT));
@@ -90,18 +140,20 @@ pub fn spawn(
                 if !asked.insert(path.clone()) {
                     continue;
                 }
-                let (providers, info, tx, errors, permits) = (
+                let (providers, info, tx, errors, permits, policy) = (
                     providers.clone(),
                     info.clone(),
                     tx.clone(),
                     errors.clone(),
                     permits.clone(),
+                    policy.clone(),
                 );
                 tokio::spawn(async move {
                     let Ok(_permit) = permits.acquire_owned().await else {
                         return;
                     };
-                    let md = lookup(&providers, &info, &errors).await;
+                    let mut md = lookup(&providers, &info, &errors).await;
+                    md.exported_labels = policy.export(&md.labels);
                     let _ = tx
                         .send(Msg::Metadata {
                             path: info.path.clone(),
@@ -137,4 +189,50 @@ pub async fn lookup(
         }
     }
     path::from_path(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_policy() {
+        let labels: BTreeMap<String, String> = [
+            ("io.kubernetes.pod.name", "web-0"),
+            ("app", "x"),
+            ("a.b", "1"),
+            ("a_b", "2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert!(LabelPolicy::default().export(&labels).is_empty());
+        let wl = LabelPolicy {
+            store_all: false,
+            whitelist: vec!["app".into(), "team".into()],
+        };
+        assert_eq!(
+            wl.export(&labels),
+            [
+                ("container_label_app".to_owned(), "x".to_owned()),
+                ("container_label_team".to_owned(), String::new())
+            ]
+        );
+        let all = LabelPolicy {
+            store_all: true,
+            whitelist: vec![],
+        }
+        .export(&labels);
+        assert_eq!(
+            all.iter()
+                .filter(|(k, _)| k == "container_label_a_b")
+                .count(),
+            1,
+            "{all:?}"
+        );
+        assert!(all.contains(&(
+            "container_label_io_kubernetes_pod_name".to_owned(),
+            "web-0".to_owned()
+        )));
+    }
 }
