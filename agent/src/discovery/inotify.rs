@@ -169,22 +169,8 @@ impl WatchTree {
             let ino = std::fs::metadata(&dir).map(|m| m.ino()).unwrap_or(0);
             out.push(change(ChangeKind::Added, hierarchy, ino, &path));
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                self.stats.errors.record(
-                    "non_utf8_path",
-                    format!("skipping cgroup {:?}: not UTF-8", entry.path()),
-                );
-                continue;
-            };
-            let child = join(&path, name);
+        for name in super::subdirs(&dir, &self.stats) {
+            let child = join(&path, &name);
             if self.filter.descend(&child) {
                 self.add_tree(hierarchy, &child, out, report);
             }

@@ -126,6 +126,28 @@ pub fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
+/// The names of `dir`'s subdirectories. A name that is not UTF-8 cannot be
+/// a label value or a map key here: it is counted and skipped.
+pub fn subdirs(dir: &std::path::Path, stats: &DiscoveryStats) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| match e.file_name().into_string() {
+            Ok(name) => Some(name),
+            Err(_) => {
+                stats.errors.record(
+                    "non_utf8_path",
+                    format!("skipping cgroup {:?}: its name is not UTF-8", e.path()),
+                );
+                None
+            }
+        })
+        .collect()
+}
+
 /// Joins a hierarchy-relative parent path and a child name.
 pub fn join(parent: &str, name: &str) -> String {
     if parent == "/" {

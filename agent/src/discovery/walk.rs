@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{join, DiscoveryStats, Filter, Found, WalkResult};
+use super::{join, subdirs, DiscoveryStats, Filter, Found, WalkResult};
 use crate::cgroup::hierarchy::Hierarchies;
 
 /// Lists every cgroup directory of every hierarchy. Directories that vanish
@@ -46,24 +46,10 @@ fn walk_dir(
             created: creation_time(dir, &meta),
         });
     }
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            stats.errors.record(
-                "non_utf8_path",
-                format!("skipping cgroup {:?}: its name is not UTF-8", entry.path()),
-            );
-            continue;
-        };
-        let child = join(path, name);
+    for name in subdirs(dir, stats) {
+        let child = join(path, &name);
         if filter.descend(&child) {
-            walk_dir(&entry.path(), &child, hierarchy, filter, stats, found);
+            walk_dir(&dir.join(&name), &child, hierarchy, filter, stats, found);
         }
     }
 }
