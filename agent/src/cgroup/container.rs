@@ -181,8 +181,9 @@ pub fn sample(d: &Dirs, groups: &Groups, ctx: &Context, r: &mut Reader, e: &Erro
     if groups.process {
         let mut p = Processes::default();
         if let Some(dir) = &d.pids {
-            // Same file names in v1 and v2.
-            p.threads_max = v1::pids(dir, r, e).1;
+            // Same file names in v1 and v2. pids.current (hierarchical) is
+            // what cAdvisor exports as threads.
+            (p.threads, p.threads_max) = v1::pids(dir, r, e);
         }
         s.processes = Some(p);
     }

@@ -73,12 +73,8 @@ impl Collector {
                 let pids = process::pids(procs_dir, &mut r, &self.errors).unwrap_or_default();
                 if self.groups.process {
                     let mut p = s.processes.take().unwrap_or_default();
-                    let pids_current = dirs
-                        .pids
-                        .as_ref()
-                        .and_then(|d| r.number(&d.join("pids.current"), &self.errors));
                     let (root, e) = (&self.proc_root, &self.errors);
-                    process::processes(procs_dir, &pids, root, pids_current, &mut r, e, &mut p);
+                    process::processes(procs_dir, &pids, root, &mut r, e, &mut p);
                     s.processes = Some(p);
                 }
                 if self.groups.network {

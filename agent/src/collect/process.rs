@@ -20,20 +20,19 @@ pub fn pids(procs_dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Option<Vec<u32
 }
 
 /// Fills processes, threads and fds from the container's `pids`;
-/// `procs_dir` holds `tasks` (v1) or `cgroup.threads` (v2). `pids_current`
-/// (hierarchical, what cAdvisor exports as threads) wins over the local task
-/// list when known.
+/// `procs_dir` holds `tasks` (v1) or `cgroup.threads` (v2). Threads already
+/// known (from `pids.current`, hierarchical, what cAdvisor exports) win over
+/// the local task list.
 pub fn processes(
     procs_dir: &Path,
     pids: &[u32],
     proc_root: &Path,
-    pids_current: Option<u64>,
     r: &mut Reader,
     e: &ErrorCounts,
     p: &mut Processes,
 ) {
     p.processes = Some(pids.len() as u64);
-    p.threads = pids_current.or_else(|| {
+    p.threads = p.threads.or_else(|| {
         let v1 = procs_dir.join("tasks");
         let list = if v1.exists() {
             v1
@@ -90,29 +89,16 @@ mod tests {
         let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
         let mut p = Processes::default();
         let list = pids(dir.path(), &mut r, &e).unwrap();
-        processes(
-            dir.path(),
-            &list,
-            Path::new("/proc"),
-            None,
-            &mut r,
-            &e,
-            &mut p,
-        );
+        processes(dir.path(), &list, Path::new("/proc"), &mut r, &e, &mut p);
         assert_eq!(p.processes, Some(2));
         assert_eq!(p.threads, Some(3));
         let own = fs::read_dir("/proc/self/fd").unwrap().count() as u64;
         assert!(p.fds.unwrap().abs_diff(own) <= 2, "{:?} vs {own}", p.fds);
-        let mut p = Processes::default();
-        processes(
-            dir.path(),
-            &list,
-            Path::new("/proc"),
-            Some(7),
-            &mut r,
-            &e,
-            &mut p,
-        );
+        let mut p = Processes {
+            threads: Some(7),
+            ..Processes::default()
+        };
+        processes(dir.path(), &list, Path::new("/proc"), &mut r, &e, &mut p);
         assert_eq!(p.threads, Some(7), "pids.current wins");
         assert!(e.snapshot().is_empty());
     }
