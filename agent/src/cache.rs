@@ -51,7 +51,9 @@ impl StatsCache {
         }
     }
 
-    pub fn push(&self, path: &Arc<str>, mut sample: Sample) {
+    /// Stores a sample and returns it as stored (without its timestamp,
+    /// which the ring keeps beside it).
+    pub fn push(&self, path: &Arc<str>, mut sample: Sample) -> Arc<Sample> {
         let newest = sample.at.take();
         let mut rings = self.rings.write().unwrap_or_else(|p| p.into_inner());
         let ring = rings.entry(path.clone()).or_default();
@@ -59,7 +61,10 @@ impl StatsCache {
             Some(last) if *last.sample == sample => last.sample.clone(),
             _ => Arc::new(sample),
         };
-        ring.push_back(Entry { at: newest, sample });
+        ring.push_back(Entry {
+            at: newest,
+            sample: sample.clone(),
+        });
         while ring.len() > self.max_samples {
             ring.pop_front();
         }
@@ -75,6 +80,7 @@ impl StatsCache {
         {
             ring.pop_front();
         }
+        sample
     }
 
     pub fn latest(&self, path: &str) -> Option<Arc<Sample>> {

@@ -214,8 +214,8 @@ pub fn spawn(
                     };
                     let unchanged = t.last.as_ref().is_some_and(|l| sample.same_usage(l));
                     t.interval = if unchanged { (t.interval * 2).min(cadence.max) } else { cadence.base };
-                    cache.push(&path, sample);
-                    t.last = cache.latest(&path);
+                    // Comparing needs no timestamp: keep the stored sample.
+                    t.last = Some(cache.push(&path, sample));
                     seq += 1;
                     let due = Instant::now() + jitter(t.interval, &path, seq);
                     heap.push(Reverse((due, t.generation, path)));
