@@ -86,38 +86,37 @@ impl Dirs {
 /// What else a sample needs: page sizes for hugetlb.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
-    /// (`2048kB` as in file names, `2MB` as cAdvisor labels it).
-    pub hugepage_sizes: Vec<(String, String)>,
+    /// `2MB`, `1GB`: the form of both the file names (`hugetlb.2MB.*`) and
+    /// cAdvisor's `pagesize` label.
+    pub hugepage_sizes: Vec<String>,
 }
 
 impl Context {
     pub fn new(sys: &Path) -> Self {
-        let mut sizes: Vec<(u64, String, String)> =
-            std::fs::read_dir(sys.join("kernel/mm/hugepages"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let kb: u64 = name
-                        .strip_prefix("hugepages-")?
-                        .strip_suffix("kB")?
-                        .parse()
-                        .ok()?;
-                    // File names and cAdvisor's label use the same form.
-                    let label = if kb >= 1 << 20 {
-                        format!("{}GB", kb >> 20)
-                    } else if kb >= 1 << 10 {
-                        format!("{}MB", kb >> 10)
-                    } else {
-                        format!("{kb}KB")
-                    };
-                    Some((kb, label.clone(), label))
-                })
-                .collect();
-        sizes.sort();
+        let mut kbs: Vec<u64> = std::fs::read_dir(sys.join("kernel/mm/hugepages"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix("hugepages-")?
+                    .strip_suffix("kB")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        kbs.sort_unstable();
+        let size = |kb: u64| {
+            if kb >= 1 << 20 {
+                format!("{}GB", kb >> 20)
+            } else if kb >= 1 << 10 {
+                format!("{}MB", kb >> 10)
+            } else {
+                format!("{kb}KB")
+            }
+        };
         Self {
-            hugepage_sizes: sizes.into_iter().map(|(_, f, l)| (f, l)).collect(),
+            hugepage_sizes: kbs.into_iter().map(size).collect(),
         }
     }
 }
@@ -318,6 +317,15 @@ mod tests {
             Some(1),
             "from memory.oom_control"
         );
+    }
+
+    #[test]
+    fn hugepage_sizes_as_files_and_labels_name_them() {
+        let sys = tempfile::tempdir().unwrap();
+        for d in ["hugepages-1048576kB", "hugepages-2048kB", "not-hugepages"] {
+            std::fs::create_dir_all(sys.path().join("kernel/mm/hugepages").join(d)).unwrap();
+        }
+        assert_eq!(Context::new(sys.path()).hugepage_sizes, ["2MB", "1GB"]);
     }
 
     #[test]

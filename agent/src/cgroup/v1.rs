@@ -212,22 +212,14 @@ pub fn pids(dir: &Path, r: &mut Reader, e: &ErrorCounts) -> (Option<u64>, Option
 }
 
 /// `hugetlb.<size>.usage_in_bytes` and friends for each page size.
-pub fn hugetlb(
-    dir: &Path,
-    sizes: &[(String, String)],
-    r: &mut Reader,
-    e: &ErrorCounts,
-) -> Vec<Hugetlb> {
+pub fn hugetlb(dir: &Path, sizes: &[String], r: &mut Reader, e: &ErrorCounts) -> Vec<Hugetlb> {
     sizes
         .iter()
-        .map(|(file_size, label)| Hugetlb {
-            pagesize: label.clone(),
-            usage: r.number(&dir.join(format!("hugetlb.{file_size}.usage_in_bytes")), e),
-            max_usage: r.number(
-                &dir.join(format!("hugetlb.{file_size}.max_usage_in_bytes")),
-                e,
-            ),
-            failcnt: r.number(&dir.join(format!("hugetlb.{file_size}.failcnt")), e),
+        .map(|size| Hugetlb {
+            pagesize: size.clone(),
+            usage: r.number(&dir.join(format!("hugetlb.{size}.usage_in_bytes")), e),
+            max_usage: r.number(&dir.join(format!("hugetlb.{size}.max_usage_in_bytes")), e),
+            failcnt: r.number(&dir.join(format!("hugetlb.{size}.failcnt")), e),
         })
         .collect()
 }

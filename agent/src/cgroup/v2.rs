@@ -175,17 +175,12 @@ pub fn pressure(dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Option<Pressure>
     any.then_some(p)
 }
 
-pub fn hugetlb(
-    dir: &Path,
-    sizes: &[(String, String)],
-    r: &mut Reader,
-    e: &ErrorCounts,
-) -> Vec<Hugetlb> {
+pub fn hugetlb(dir: &Path, sizes: &[String], r: &mut Reader, e: &ErrorCounts) -> Vec<Hugetlb> {
     sizes
         .iter()
-        .map(|(file_size, label)| {
+        .map(|size| {
             let mut failcnt = None;
-            let path = dir.join(format!("hugetlb.{file_size}.events"));
+            let path = dir.join(format!("hugetlb.{size}.events"));
             if let Some(text) = r.read(&path, e) {
                 each_keyed(text, &path, e, |k, v| {
                     if k == "max" {
@@ -194,8 +189,8 @@ pub fn hugetlb(
                 });
             }
             Hugetlb {
-                pagesize: label.clone(),
-                usage: r.number(&dir.join(format!("hugetlb.{file_size}.current")), e),
+                pagesize: size.clone(),
+                usage: r.number(&dir.join(format!("hugetlb.{size}.current")), e),
                 max_usage: None,
                 failcnt,
             }
