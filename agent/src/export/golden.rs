@@ -189,29 +189,10 @@ fn everything() -> Sources {
         ooms: 0,
         metadata: None,
     };
-    let (_tx, registry_rx) = tokio::sync::watch::channel(Arc::new(Snapshot {
+    let snapshot = Snapshot {
         containers: vec![Arc::new(info)],
-    }));
-    let (_mtx, machine) = tokio::sync::watch::channel(None);
-    Sources {
-        machine,
-        status: Arc::default(),
-        registry: registry_rx,
-        discovery: Arc::default(),
-        events: crate::events::EventStore::new(
-            crate::events::parse_count_policy("").unwrap(),
-            crate::events::parse_age_policy("").unwrap(),
-        )
-        .shared(),
-        kernel: None,
-        oom: Arc::default(),
-        cache,
-        groups: Groups::all(),
-        devices: Arc::new(crate::devices::DeviceNames::new(Path::new("/proc"))),
-        collect: None,
-        http: Arc::default(),
-        runtime_errors: Arc::new(ErrorCounts::new("runtime")),
-    }
+    };
+    Sources::for_tests(None, snapshot, cache, Groups::all(), Default::default())
 }
 
 #[test]

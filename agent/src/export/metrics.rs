@@ -36,6 +36,43 @@ pub struct Sources {
     pub runtime_errors: Arc<crate::errors::ErrorCounts>,
 }
 
+#[cfg(test)]
+impl Sources {
+    /// Sources with fixed machine, registry and cache contents and empty
+    /// counters, for encoding tests.
+    pub fn for_tests(
+        machine: Option<MachineInfo>,
+        snapshot: Snapshot,
+        cache: Arc<crate::cache::StatsCache>,
+        groups: crate::config::Groups,
+        status: Status,
+    ) -> Self {
+        let (_tx, machine) = watch::channel(machine.map(Arc::new));
+        let (_tx, registry) = watch::channel(Arc::new(snapshot));
+        Self {
+            machine,
+            status: Arc::new(status),
+            registry,
+            discovery: Arc::default(),
+            events: crate::events::EventStore::new(
+                crate::events::parse_count_policy("").unwrap(),
+                crate::events::parse_age_policy("").unwrap(),
+            )
+            .shared(),
+            kernel: None,
+            oom: Arc::default(),
+            cache,
+            groups,
+            devices: Arc::new(crate::devices::DeviceNames::new(std::path::Path::new(
+                "/proc",
+            ))),
+            collect: None,
+            http: Arc::default(),
+            runtime_errors: Arc::new(crate::errors::ErrorCounts::new("runtime")),
+        }
+    }
+}
+
 /// The HTTP server's own numbers (of the previous scrape: a scrape cannot
 /// report its own duration).
 #[derive(Debug, Default)]
@@ -242,39 +279,25 @@ mod tests {
     use crate::status::{Mode, DISCOVERY_MODES};
 
     fn sources(machine: Option<MachineInfo>) -> Sources {
-        let (_tx, rx) = watch::channel(machine.map(Arc::new));
-        let (_rtx, registry) = watch::channel(Arc::new(Snapshot::default()));
-        Sources {
-            machine: rx,
-            registry,
-            discovery: Arc::default(),
-            events: crate::events::EventStore::new(
-                crate::events::parse_count_policy("").unwrap(),
-                crate::events::parse_age_policy("").unwrap(),
-            )
-            .shared(),
-            kernel: None,
-            oom: Arc::default(),
-            cache: Arc::new(crate::cache::StatsCache::new(
-                std::time::Duration::from_secs(120),
-                std::time::Duration::from_secs(10),
-            )),
-            groups: crate::config::Groups::kubelet(),
-            devices: Arc::new(crate::devices::DeviceNames::new(std::path::Path::new(
-                "/proc",
-            ))),
-            collect: None,
-            http: Arc::default(),
-            runtime_errors: Arc::new(crate::errors::ErrorCounts::new("runtime")),
-            status: Arc::new(Status {
-                modes: vec![Mode {
-                    subsystem: "discovery",
-                    active: "inotify",
-                    choices: DISCOVERY_MODES,
-                }],
-                ebpf_programs: vec![],
-            }),
-        }
+        let status = Status {
+            modes: vec![Mode {
+                subsystem: "discovery",
+                active: "inotify",
+                choices: DISCOVERY_MODES,
+            }],
+            ebpf_programs: vec![],
+        };
+        let cache = crate::cache::StatsCache::new(
+            std::time::Duration::from_secs(120),
+            std::time::Duration::from_secs(10),
+        );
+        Sources::for_tests(
+            machine,
+            Snapshot::default(),
+            Arc::new(cache),
+            crate::config::Groups::kubelet(),
+            status,
+        )
     }
 
     fn machine() -> MachineInfo {
