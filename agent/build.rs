@@ -1,12 +1,29 @@
-//! Embeds the eBPF object when `cargo xtask build-ebpf` has produced it.
+//! Embeds the eBPF object when `cargo xtask build-ebpf` has produced it,
+//! and generates the CRI gRPC client from the vendored proto.
 //!
-//! Without it an empty object is embedded and the agent runs in its
+//! Without the object an empty one is embedded and the agent runs in its
 //! fallback mode, so `cargo build -p agent` never needs nightly or
-//! bpf-linker.
+//! bpf-linker. The proto is compiled by protox, so no `protoc` either.
 
 use std::{env, fs, path::PathBuf};
 
 fn main() {
+    embed_ebpf();
+    cri_client();
+}
+
+fn cri_client() {
+    let proto = "proto/cri-api/runtime/v1/api.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile(["runtime/v1/api.proto"], ["proto/cri-api"])
+        .expect("compiling the CRI proto");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_fds(fds)
+        .expect("generating the CRI client");
+}
+
+fn embed_ebpf() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let dir = env::var_os("CGSCOPE_EBPF_DIR")
         .map(PathBuf::from)

@@ -46,6 +46,18 @@ pub struct Config {
     #[arg(long, default_value = "/var/run/docker.sock")]
     pub docker_endpoint: PathBuf,
 
+    /// CRI socket (containerd, CRI-O) asked for Kubernetes pod, namespace,
+    /// container name and image. Default: the first of
+    /// /run/containerd/containerd.sock, /run/crio/crio.sock,
+    /// /var/run/crio/crio.sock that exists.
+    #[arg(long)]
+    pub cri_endpoint: Option<PathBuf>,
+
+    /// How often the metadata of every live container is asked again (a
+    /// runtime that was down is asked again after at most 30 s).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub metadata_refresh: Duration,
+
     /// Export every runtime label of a container as `container_label_<key>`
     /// (cAdvisor's standalone behaviour; off, as in the kubelet, because it
     /// multiplies series).

@@ -204,8 +204,14 @@ async fn run(config: Config) -> Result<()> {
     tracing::info!(discovery, oom, "modes chosen");
 
     let runtime_errors = Arc::new(ErrorCounts::new("runtime"));
+    let cri_endpoint = config
+        .cri_endpoint
+        .clone()
+        .unwrap_or_else(runtime::cri::probe_endpoint);
+    tracing::info!(cri = %cri_endpoint.display(), docker = %config.docker_endpoint.display(), "runtime endpoints");
     runtime::spawn(
         vec![
+            Arc::new(runtime::cri::CriProvider::new(cri_endpoint)),
             Arc::new(runtime::docker::DockerProvider::new(
                 &config.docker_endpoint,
             )),
@@ -220,6 +226,7 @@ async fn run(config: Config) -> Result<()> {
                 .filter(|l| !l.is_empty())
                 .collect(),
         },
+        config.metadata_refresh,
         snapshot.clone(),
         registry_tx.clone(),
         runtime_errors.clone(),

@@ -62,6 +62,21 @@ impl ContainerInfo {
     pub fn is_live(&self) -> bool {
         self.removed.is_none()
     }
+
+    #[cfg(test)]
+    pub fn for_tests(path: &str) -> Self {
+        Self {
+            path: Arc::from(path),
+            identity: Identity::parse(path),
+            ids: BTreeMap::new(),
+            created: SystemTime::UNIX_EPOCH,
+            created_exact: false,
+            removed: None,
+            oom_kills: 0,
+            ooms: 0,
+            metadata: None,
+        }
+    }
 }
 
 /// What readers see: every known container, sorted by path.

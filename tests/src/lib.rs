@@ -2,6 +2,8 @@
 //! `cgscope` binary, scrape it, and gate tests on the privileges they need.
 
 pub mod cgroups;
+pub mod containerd;
+pub mod prometheus;
 pub mod validate;
 
 use std::{

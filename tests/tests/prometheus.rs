@@ -1,119 +1,16 @@
 //! A real Prometheus server scrapes the agent every second on loopback.
 
 use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use tests::{
     cgroups::{wait_for, CgroupTree},
+    prometheus::Prometheus,
     require_root, Agent,
 };
-
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(target_port: u16) -> Option<Self> {
-        if Command::new("prometheus")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                !tests::strict(),
-                "prometheus is not installed (.ci/run installs it)"
-            );
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: cgscope\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
-            ),
-        )
-        .unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let p = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        wait_for("prometheus ready", Duration::from_secs(30), || {
-            p.get("/-/ready").is_some()
-        });
-        Some(p)
-    }
-
-    fn get(&self, path: &str) -> Option<serde_json::Value> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        let mut r = agent
-            .get(&format!("http://127.0.0.1:{}{path}", self.port))
-            .call()
-            .ok()?;
-        let body = r.body_mut().read_to_string().ok()?;
-        Some(serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
-    }
-
-    /// Values of an instant query's result vector.
-    fn query(&self, expr: &str) -> Vec<f64> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        let Ok(mut r) = agent
-            .get(&format!("http://127.0.0.1:{}/api/v1/query", self.port))
-            .query("query", expr)
-            .call()
-        else {
-            return vec![];
-        };
-        let v: serde_json::Value =
-            serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default())
-                .unwrap_or_default();
-        v["data"]["result"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s["value"][1].as_str()?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn prometheus_scrapes_rates_and_sees_removed_series_go() {

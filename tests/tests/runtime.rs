@@ -305,42 +305,59 @@ fn a_broken_or_slow_runtime_costs_only_its_labels() {
         if case != "missing" {
             fake_engine(&socket, reply, delay);
         }
+        // The same socket plays the Docker API and the CRI (which it
+        // answers with HTTP/1.1 where gRPC needs HTTP/2, or not at all).
         let agent = Agent::start(&[
             "--docker-endpoint",
+            socket.to_str().unwrap(),
+            "--cri-endpoint",
             socket.to_str().unwrap(),
             "--housekeeping-interval",
             "1s",
         ]);
         let tree = CgroupTree::new(&format!("rt-{case}"), &["cpu", "cpuacct"]);
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        tree.mkdir(&format!("docker-{id}.scope")).unwrap();
-        let path = tree.path(&format!("docker-{id}.scope"));
+        let pod = "kubepods/besteffort/pod0b7f3f7c-4d3e-4bb4-9a57-7b7e3b4f2c11";
+        for dir in [
+            format!("docker-{id}.scope"),
+            "kubepods".into(),
+            "kubepods/besteffort".into(),
+            pod.into(),
+            format!("{pod}/{id}"),
+        ] {
+            tree.mkdir(&dir).unwrap();
+        }
         // Collection goes on, with the path provider's name (the id).
-        wait_for(
-            &format!("[{case}] series with empty image"),
-            Duration::from_secs(20),
-            || {
-                agent
-                    .scrape()
-                    .value(
-                        "container_cpu_usage_seconds_total",
-                        &[("id", &path), ("name", id), ("image", "")],
-                    )
-                    .is_some()
-            },
-        );
-        if case != "missing" {
+        for (path, provider) in [
+            (tree.path(&format!("docker-{id}.scope")), "docker"),
+            (tree.path(&format!("{pod}/{id}")), "cri"),
+        ] {
             wait_for(
-                &format!("[{case}] the failure counted"),
+                &format!("[{case}] series with empty image"),
                 Duration::from_secs(20),
                 || {
                     agent
                         .scrape()
-                        .value("cgscope_runtime_errors_total", &[("provider", "docker")])
-                        .unwrap_or(0.0)
-                        >= 1.0
+                        .value(
+                            "container_cpu_usage_seconds_total",
+                            &[("id", &path), ("name", id), ("image", ""), ("pod", "")],
+                        )
+                        .is_some()
                 },
             );
+            if case != "missing" {
+                wait_for(
+                    &format!("[{case}] the {provider} failure counted"),
+                    Duration::from_secs(20),
+                    || {
+                        agent
+                            .scrape()
+                            .value("cgscope_runtime_errors_total", &[("provider", provider)])
+                            .unwrap_or(0.0)
+                            >= 1.0
+                    },
+                );
+            }
         }
         assert_eq!(agent.get("/healthz", None).unwrap().status, 200);
     }

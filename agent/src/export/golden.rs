@@ -7,7 +7,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
     sync::Arc,
-    time::SystemTime,
 };
 
 use prometheus_client::encoding::prometheus_text;
@@ -18,7 +17,6 @@ use crate::{
     cgroup::{
         container::{sample, Context, Dirs},
         hierarchy::{Hierarchies, Hierarchy, Version},
-        identity::Identity,
         read::Reader,
         stats::{Hugetlb, Interface, Pressure},
     },
@@ -179,15 +177,9 @@ fn everything() -> Sources {
     let path: Arc<str> = Arc::from("/test");
     cache.push(&path, s);
     let info = ContainerInfo {
-        path: path.clone(),
-        identity: Identity::parse("/test"),
         ids,
-        created: SystemTime::UNIX_EPOCH,
         created_exact: true,
-        removed: None,
-        oom_kills: 0,
-        ooms: 0,
-        metadata: None,
+        ..ContainerInfo::for_tests("/test")
     };
     let snapshot = Snapshot {
         containers: vec![Arc::new(info)],

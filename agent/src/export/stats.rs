@@ -1,7 +1,11 @@
 //! Per-container usage families (cAdvisor's kubelet profile), encoded from
 //! the registry's containers and the stats cache's latest samples.
 
-use std::{collections::HashMap, fmt, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    sync::Arc,
+};
 
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
@@ -69,7 +73,7 @@ pub fn encode(
         disk_io(enc, &rows, devices)?;
     }
     if groups.network {
-        network(enc, &rows)?;
+        network(enc, &network_rows(&rows))?;
     }
     if groups.process {
         fn p(s: &Sample) -> Option<&crate::cgroup::stats::Processes> {
@@ -465,6 +469,32 @@ fn disk_io(enc: &mut DescriptorEncoder, rows: &Rows, devices: &DeviceNames) -> f
     Ok(())
 }
 
+/// The rows whose network series are exported: a pod's containers share
+/// its network namespace, so a pod's interfaces appear once, on its
+/// sandbox as in the kubelet (so that `sum by (pod)` does not count them
+/// once per container), or, while no runtime has said which cgroup is the
+/// sandbox, on the pod's first container in path order.
+fn network_rows<'a>(rows: &Rows<'a>) -> Rows<'a> {
+    let has_network = |s: &Sample| s.network.as_ref().is_some_and(|n| !n.is_empty());
+    let pod_of = |c: &'a ContainerInfo| c.identity.pod_uid.as_deref();
+    let is_sandbox = |c: &ContainerInfo| c.metadata.as_ref().is_some_and(|m| m.sandbox);
+    let with_sandbox: HashSet<&str> = rows
+        .iter()
+        .filter(|(c, s)| is_sandbox(c) && has_network(s))
+        .filter_map(|(c, _)| pod_of(c))
+        .collect();
+    let mut served: HashSet<&str> = HashSet::new();
+    rows.iter()
+        .filter(|(c, s)| match pod_of(c) {
+            None => true,
+            Some(_) if !has_network(s) => false,
+            Some(pod) if with_sandbox.contains(pod) => is_sandbox(c),
+            Some(pod) => served.insert(pod),
+        })
+        .copied()
+        .collect()
+}
+
 fn network(enc: &mut DescriptorEncoder, rows: &Rows) -> fmt::Result {
     use MetricType::Counter;
     type Pick = fn(&Interface) -> u64;
@@ -559,4 +589,76 @@ fn hugetlb(enc: &mut DescriptorEncoder, rows: &Rows) -> fmt::Result {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{cgroup::stats::Interface, registry::ContainerInfo, runtime::Metadata};
+
+    fn container(path: &str, sandbox: Option<bool>) -> ContainerInfo {
+        ContainerInfo {
+            metadata: sandbox.map(|sandbox| {
+                Arc::new(Metadata {
+                    sandbox,
+                    ..Metadata::default()
+                })
+            }),
+            ..ContainerInfo::for_tests(path)
+        }
+    }
+
+    #[test]
+    fn a_pods_network_is_exported_once() {
+        let uid = "0b7f3f7c-4d3e-4bb4-9a57-7b7e3b4f2c11";
+        let pod = |name: &str| format!("/kubepods/besteffort/pod{uid}/{}", name.repeat(64));
+        let other = format!(
+            "/kubepods/besteffort/pod{}/{}",
+            uid.replace('0', "1"),
+            "d".repeat(64)
+        );
+        let with = Sample {
+            network: Some(vec![Interface {
+                name: "eth0".into(),
+                ..Interface::default()
+            }]),
+            ..Sample::default()
+        };
+        let without = Sample::default();
+        let (app, sandbox, second, lone, host) = (
+            container(&pod("a"), Some(false)),
+            container(&pod("b"), Some(true)),
+            container(&pod("c"), None),
+            container(&other, None),
+            container("/system.slice/x.service", None),
+        );
+        let paths = |rows: Rows| {
+            rows.iter()
+                .map(|(c, _)| c.path.to_string())
+                .collect::<Vec<_>>()
+        };
+
+        // The sandbox is known: only it.
+        let rows: Rows = vec![
+            (&app, &with),
+            (&sandbox, &with),
+            (&second, &with),
+            (&host, &with),
+        ];
+        assert_eq!(
+            paths(network_rows(&rows)),
+            [pod("b"), "/system.slice/x.service".into()]
+        );
+
+        // No runtime knows the pods: the first container of each with
+        // interfaces, in path order.
+        let (app, sandbox) = (container(&pod("a"), None), container(&pod("b"), None));
+        let rows: Rows = vec![
+            (&second, &without),
+            (&app, &with),
+            (&sandbox, &with),
+            (&lone, &with),
+        ];
+        assert_eq!(paths(network_rows(&rows)), [pod("a"), other]);
+    }
 }

@@ -77,6 +77,8 @@ pub fn parse_inspect(body: &[u8], fallback_name: &str) -> Result<Metadata, Provi
             .state
             .and_then(|s| s.started_at)
             .and_then(|t| humantime::parse_rfc3339_weak(t.get(..19)?).ok()),
+        // dockershim's (and cri-dockerd's) pod sandbox.
+        sandbox: labels.get("io.kubernetes.docker.type").map(String::as_str) == Some("podsandbox"),
         labels,
         provider: "docker",
         exported_labels: Vec::new(),

@@ -4,6 +4,8 @@
 //! A provider that is down costs one warning and empty labels, never a
 //! stalled pipeline: every request has a deadline.
 
+pub mod cri;
+mod cri_api;
 pub mod docker;
 pub mod path;
 
@@ -12,7 +14,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use thiserror::Error;
@@ -34,6 +36,9 @@ pub struct Metadata {
     pub container: String,
     pub labels: BTreeMap<String, String>,
     pub started_at: Option<SystemTime>,
+    /// A Kubernetes pod's sandbox (pause) container: the one whose network
+    /// series stand for the pod.
+    pub sandbox: bool,
     /// Which provider said so.
     pub provider: &'static str,
     /// `container_label_<key>` pairs the label policy exports.
@@ -112,38 +117,84 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 const DEADLINE: Duration = Duration::from_secs(5);
 /// Containers looked up at once.
 const CONCURRENT: usize = 8;
+/// A lookup that was not final is tried again after 0.25 s, 0.5 s, … up to
+/// [`RETRY_MAX`]: a runtime creates a container's cgroup before it lists
+/// the container, and a runtime that is down or starts after the agent must
+/// not leave containers unlabelled for a whole refresh period.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often the due lookups are looked for.
+const TICK: Duration = Duration::from_secs(1);
 
-/// Asks the providers, in order, about every new live container and sends
-/// the answer to the registry. The path provider comes last and always
-/// answers.
+/// Asks the providers, in order, about every new live container, again
+/// every `refresh` (sooner while the answer is not final), and sends the answer to
+/// the registry when it changed. The path provider comes last and always
+/// answers. This task owns the schedule; lookups run beside it, at most
+/// [`CONCURRENT`] at once.
 pub fn spawn(
     providers: Vec<Arc<dyn Provider>>,
     policy: LabelPolicy,
+    refresh: Duration,
     mut registry: watch::Receiver<Arc<Snapshot>>,
     tx: mpsc::Sender<Msg>,
     errors: Arc<ErrorCounts>,
 ) {
     let policy = Arc::new(policy);
     tokio::spawn(async move {
-        let mut asked: HashSet<Arc<str>> = HashSet::new();
+        // When to ask again, and how many lookups in a row were not final.
+        let mut due: HashMap<Arc<str>, (Instant, u32)> = HashMap::new();
+        let mut in_flight: HashSet<Arc<str>> = HashSet::new();
+        let (done_tx, mut done) = mpsc::unbounded_channel::<(Arc<str>, Metadata, bool)>();
         let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT));
-        while registry.changed().await.is_ok() {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = registry.changed() => if changed.is_err() { return },
+                Some((path, md, final_answer)) = done.recv() => {
+                    in_flight.remove(&path);
+                    let tries = due.get(&path).map_or(0, |d| d.1);
+                    let (after, tries) = if final_answer {
+                        (refresh, 0)
+                    } else {
+                        (RETRY_FIRST.saturating_mul(1 << tries.min(10)).min(RETRY_MAX), tries + 1)
+                    };
+                    due.insert(path.clone(), (Instant::now() + after, tries));
+                    let snapshot = registry.borrow().clone();
+                    let current = snapshot
+                        .containers
+                        .binary_search_by(|c| (*c.path).cmp(&path))
+                        .ok()
+                        .map(|i| &snapshot.containers[i]);
+                    let changed = current.is_some_and(|c| c.is_live() && c.metadata.as_deref() != Some(&md));
+                    if changed {
+                        let msg = Msg::Metadata { path, metadata: Arc::new(md) };
+                        if tx.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                _ = tick.tick() => {}
+            }
             let snapshot = registry.borrow_and_update().clone();
+            let now = Instant::now();
             let live: HashMap<&Arc<str>, &Arc<ContainerInfo>> = snapshot
                 .containers
                 .iter()
                 .filter(|c| c.is_live())
                 .map(|c| (&c.path, c))
                 .collect();
-            asked.retain(|p| live.contains_key(p));
+            due.retain(|p, _| live.contains_key(p));
             for (path, info) in live {
-                if !asked.insert(path.clone()) {
+                if in_flight.contains(path) || due.get(path).is_some_and(|d| d.0 > now) {
                     continue;
                 }
-                let (providers, info, tx, errors, permits, policy) = (
+                in_flight.insert(path.clone());
+                let (providers, info, done_tx, errors, permits, policy) = (
                     providers.clone(),
                     info.clone(),
-                    tx.clone(),
+                    done_tx.clone(),
                     errors.clone(),
                     permits.clone(),
                     policy.clone(),
@@ -152,48 +203,97 @@ pub fn spawn(
                     let Ok(_permit) = permits.acquire_owned().await else {
                         return;
                     };
-                    let mut md = lookup(&providers, &info, &errors).await;
+                    let (mut md, final_answer) = lookup(&providers, &info, &errors).await;
                     md.exported_labels = policy.export(&md.labels);
-                    let _ = tx
-                        .send(Msg::Metadata {
-                            path: info.path.clone(),
-                            metadata: Arc::new(md),
-                        })
-                        .await;
+                    let _ = done_tx.send((info.path.clone(), md, final_answer));
                 });
             }
         }
     });
 }
 
-/// The first provider that claims the container and answers.
+/// The first provider that claims the container and answers, and whether
+/// that answer is final: it is not when a provider before it failed, or
+/// did not know the container (yet).
 pub async fn lookup(
     providers: &[Arc<dyn Provider>],
     info: &ContainerInfo,
     errors: &ErrorCounts,
-) -> Metadata {
+) -> (Metadata, bool) {
+    let mut final_answer = true;
     for p in providers.iter().filter(|p| p.claims(info)) {
-        match tokio::time::timeout(DEADLINE, p.metadata(info)).await {
-            Ok(Ok(md)) => return md,
-            Ok(Err(ProviderError::Unknown)) => {}
-            Ok(Err(e)) => errors.record(p.name(), format!("{} for {}: {e}", p.name(), info.path)),
-            Err(_) => errors.record(
-                p.name(),
-                format!(
-                    "{} for {}: {}",
-                    p.name(),
-                    info.path,
-                    ProviderError::Timeout(DEADLINE)
-                ),
-            ),
-        }
+        let md = tokio::time::timeout(DEADLINE, p.metadata(info)).await;
+        final_answer &= matches!(md, Ok(Ok(_)));
+        let error = match md {
+            Ok(Ok(md)) => return (md, final_answer),
+            Ok(Err(ProviderError::Unknown)) => continue,
+            Ok(Err(e)) => e,
+            Err(_) => ProviderError::Timeout(DEADLINE),
+        };
+        errors.record(p.name(), format!("{} for {}: {error}", p.name(), info.path));
     }
-    path::from_path(info)
+    (path::from_path(info), final_answer)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Says(Result<&'static str, fn() -> ProviderError>);
+
+    impl Provider for Says {
+        fn name(&self) -> &'static str {
+            "says"
+        }
+        fn claims(&self, _: &ContainerInfo) -> bool {
+            true
+        }
+        fn metadata<'a>(&'a self, _: &'a ContainerInfo) -> MetadataFuture<'a> {
+            let answer = self.0.map_err(|e| e()).map(|name| Metadata {
+                name: name.into(),
+                ..Metadata::default()
+            });
+            Box::pin(async move { answer })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_final_only_when_nobody_failed_or_did_not_know() {
+        let info = ContainerInfo::for_tests("/docker/0123456789ab");
+        let errors = ErrorCounts::new("test");
+        let ask = |providers: Vec<Says>| {
+            let providers: Vec<Arc<dyn Provider>> = providers
+                .into_iter()
+                .map(|p| Arc::new(p) as Arc<dyn Provider>)
+                .chain([Arc::new(path::PathProvider) as Arc<dyn Provider>])
+                .collect();
+            let errors = &errors;
+            let info = &info;
+            async move {
+                let (md, final_answer) = lookup(&providers, info, errors).await;
+                (md.name, final_answer)
+            }
+        };
+        assert_eq!(ask(vec![Says(Ok("web"))]).await, ("web".into(), true));
+        // The runtime does not list it yet: the path's answer, asked again.
+        assert_eq!(
+            ask(vec![Says(Err(|| ProviderError::Unknown))]).await,
+            ("0123456789ab".into(), false)
+        );
+        assert_eq!(
+            ask(vec![
+                Says(Err(|| ProviderError::Unreachable(
+                    "s".into(),
+                    "down".into()
+                ))),
+                Says(Ok("web"))
+            ])
+            .await,
+            ("web".into(), false)
+        );
+        assert_eq!(ask(vec![]).await, ("0123456789ab".into(), true));
+    }
 
     #[test]
     fn label_policy() {
