@@ -19,7 +19,16 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
+    /// Scrapes the agent on `target_port` as job `cgscope` every second.
     pub fn start(target_port: u16) -> Option<Self> {
+        Self::start_with_config(&format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: cgscope\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+        ), &[])
+    }
+
+    /// Runs with `config` (and `files` written beside it, by name).
+    pub fn start_with_config(config: &str, files: &[(&str, &str)]) -> Option<Self> {
         if Command::new("prometheus")
             .arg("--version")
             .output()
@@ -32,22 +41,18 @@ impl Prometheus {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: cgscope\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
-            ),
-        )
-        .unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()

@@ -18,6 +18,15 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             .args(["build", "--package", "agent"]),
     )?;
     let bin = root.join("target/debug/cgscope");
+    // What the Containerfile ships, built the same way (the deploy tests
+    // check the image's file list and the binary against it).
+    cmd::run(cmd::cargo().current_dir(root).args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "agent",
+    ]))?;
     // The same agent built without the object, to test the fallback build.
     let no_ebpf = root.join("target/no-ebpf");
     let empty = no_ebpf.join("empty-object-dir");
@@ -43,6 +52,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(args)
         .env("CGSCOPE_BIN", &bin)
+        .env("CGSCOPE_RELEASE_BIN", root.join("target/release/cgscope"))
         .env("CGSCOPE_BIN_NO_EBPF", no_ebpf.join("debug/cgscope"))
         .env("CGSCOPE_EXPECT_EBPF", "1")
         .stdout(Stdio::piped())

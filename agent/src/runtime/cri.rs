@@ -88,14 +88,21 @@ pub struct CriProvider {
     listing: Mutex<Listing>,
 }
 
-/// The first default endpoint that exists, else containerd's (so a runtime
-/// that starts after the agent is still found).
+/// The first default endpoint that is a socket, else containerd's (so a
+/// runtime that starts after the agent is still found). A socket, not just
+/// a path: a DaemonSet's hostPath mount of a runtime the node lacks is an
+/// empty directory.
 pub fn probe_endpoint() -> PathBuf {
     DEFAULT_ENDPOINTS
         .iter()
         .map(PathBuf::from)
-        .find(|p| p.exists())
+        .find(|p| is_socket(p))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ENDPOINTS[0]))
+}
+
+fn is_socket(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
 }
 
 impl CriProvider {
@@ -347,7 +354,7 @@ impl Provider for CriProvider {
             }
             _ => false,
         };
-        ours && self.socket.exists()
+        ours && is_socket(&self.socket)
     }
 
     fn metadata<'a>(&'a self, info: &'a ContainerInfo) -> MetadataFuture<'a> {
@@ -381,7 +388,10 @@ mod tests {
     // The lazy channel needs a runtime to exist in.
     #[tokio::test]
     async fn claims_kubernetes_cgroups_of_both_drivers() {
-        let p = CriProvider::new("/");
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("cri.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let p = CriProvider::new(&socket);
         let claims = |path: &str| {
             let info = crate::registry::ContainerInfo::for_tests(path);
             p.claims(&info)
@@ -398,7 +408,8 @@ mod tests {
         assert!(!claims(&format!("/system.slice/docker-{id}.scope")));
         assert!(!claims("/system.slice/ssh.service"));
         assert!(!claims("/"));
-        let missing = CriProvider::new("/nonexistent/cri.sock");
+        // Not a socket: what a DaemonSet's mount of an absent runtime is.
+        let missing = CriProvider::new(dir.path());
         let info = crate::registry::ContainerInfo::for_tests(&format!("/kubepods/pod{uid}/{id}"));
         assert!(!missing.claims(&info));
     }
