@@ -248,3 +248,44 @@ fn every_cadvisor_family_is_served_alike_or_listed() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(compared >= 50, "only {compared} families compared");
 }
+
+#[test]
+fn the_parts_of_metrics_join_to_the_whole() {
+    let types = |text: &str| -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(str::to_owned)
+            .collect()
+    };
+    // `container_last_seen` of a live container is the time of the scrape.
+    let lines = |text: &str| -> Vec<String> {
+        let mut v: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with("container_last_seen{"))
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    let mut whole = String::new();
+    prometheus_text::encode(&mut whole, &registry(everything())).unwrap();
+    let (parts, _) = super::metrics::registries(Arc::new(everything()));
+    let texts: Vec<String> = parts
+        .iter()
+        .map(|r| {
+            let mut t = String::new();
+            prometheus_text::encode(&mut t, r).unwrap();
+            t
+        })
+        .collect();
+    assert_eq!(texts.len(), 2);
+    assert!(
+        types(&texts[0]).is_disjoint(&types(&texts[1])),
+        "a family in both parts"
+    );
+    assert!(
+        texts.iter().all(|t| t.len() > 1000),
+        "both parts carry weight"
+    );
+    assert_eq!(lines(&texts.concat()), lines(&whole));
+}

@@ -66,18 +66,19 @@ impl Format {
 /// What the handlers read.
 #[derive(Clone)]
 pub struct AppState {
-    pub registry: Arc<Registry>,
+    /// `/metrics`, in parts encoded at once (see `metrics::Part`).
+    pub registry: Arc<[Registry]>,
     /// Machine and self-metrics only: cheap to scrape often.
-    pub agent_registry: Arc<Registry>,
+    pub agent_registry: Arc<[Registry]>,
     pub sources: Arc<Sources>,
     pub scrape_permits: Arc<Semaphore>,
 }
 
 impl AppState {
-    pub fn new(registry: Registry, agent_registry: Registry, sources: Arc<Sources>) -> Self {
+    pub fn new(registry: Vec<Registry>, agent_registry: Registry, sources: Arc<Sources>) -> Self {
         Self {
-            registry: Arc::new(registry),
-            agent_registry: Arc::new(agent_registry),
+            registry: registry.into(),
+            agent_registry: Arc::new([agent_registry]),
             sources,
             scrape_permits: Arc::new(Semaphore::new(CONCURRENT_SCRAPES)),
         }
@@ -138,20 +139,21 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let registry = state.registry.clone();
-    encode(&state, registry, &headers, true).await
+    let parts = state.registry.clone();
+    encode(&state, parts, &headers, true).await
 }
 
 async fn agent_metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let registry = state.agent_registry.clone();
-    encode(&state, registry, &headers, false).await
+    let parts = state.agent_registry.clone();
+    encode(&state, parts, &headers, false).await
 }
 
 /// Encodes on the blocking pool (thousands of containers take a while and
-/// must not hold up the reactor), a bounded number at a time.
+/// must not hold up the reactor), a bounded number of scrapes at a time,
+/// each registry of `parts` on a thread of its own, joined in order.
 async fn encode(
     state: &AppState,
-    registry: Arc<Registry>,
+    parts: Arc<[Registry]>,
     headers: &HeaderMap,
     count: bool,
 ) -> Response {
@@ -175,24 +177,44 @@ async fn encode(
     } else {
         0
     };
-    let encoded = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut body = String::with_capacity(size.max(64 * 1024));
-        let r = match format {
-            Format::OpenMetrics => text::encode(&mut body, &registry),
-            Format::PrometheusText => prometheus_text::encode(&mut body, &registry),
+    let share = size / parts.len();
+    // Held by the encoding threads, so a client that goes away does not
+    // free the permit while its scrape is still being encoded.
+    let permit = Arc::new(permit);
+    let tasks: Vec<_> = (0..parts.len())
+        .map(|i| {
+            let (parts, permit) = (parts.clone(), permit.clone());
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let mut text = String::with_capacity(share.max(64 * 1024));
+                match format {
+                    Format::OpenMetrics => text::encode_registry(&mut text, &parts[i]),
+                    Format::PrometheusText => prometheus_text::encode(&mut text, &parts[i]),
+                }
+                .map(|()| text)
+            })
+        })
+        .collect();
+    let mut body = String::new();
+    for task in tasks {
+        let Ok(Ok(text)) = task.await else {
+            tracing::error!("encoding /metrics failed");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            )
+                .into_response();
         };
-        r.map(|()| body)
-    })
-    .await;
-    let Ok(Ok(body)) = encoded else {
-        tracing::error!("encoding /metrics failed");
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "encoding metrics failed\n",
-        )
-            .into_response();
-    };
+        if body.is_empty() {
+            body = text;
+            body.reserve(size.saturating_sub(body.len()));
+        } else {
+            body.push_str(&text);
+        }
+    }
+    if format == Format::OpenMetrics && text::encode_eof(&mut body).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
     if count {
         http.scrapes.fetch_add(1, Ordering::Relaxed);
         http.last_duration_ns

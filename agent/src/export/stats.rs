@@ -49,12 +49,21 @@ fn simple<
     Ok(())
 }
 
+/// Which statistics families to write (see `metrics::Part`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Families {
+    All,
+    AllButMemory,
+    Memory,
+}
+
 pub fn encode(
     enc: &mut DescriptorEncoder,
     snapshot: &Snapshot,
     latest: &HashMap<Arc<str>, Arc<Sample>>,
     groups: &Groups,
     devices: &DeviceNames,
+    families: Families,
 ) -> fmt::Result {
     let rows: Rows = snapshot
         .containers
@@ -62,11 +71,14 @@ pub fn encode(
         .filter_map(|c| Some((c.as_ref(), latest.get(&c.path)?.as_ref())))
         .collect();
     use MetricType::{Counter, Gauge};
+    if groups.memory && families != Families::AllButMemory {
+        memory(enc, &rows)?;
+    }
+    if families == Families::Memory {
+        return Ok(());
+    }
     if groups.cpu {
         cpu(enc, &rows, groups.percpu)?;
-    }
-    if groups.memory {
-        memory(enc, &rows)?;
     }
     spec(enc, &rows, groups)?;
     if groups.disk_io {
