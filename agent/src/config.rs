@@ -49,7 +49,7 @@ pub struct Config {
     /// CRI socket (containerd, CRI-O) asked for Kubernetes pod, namespace,
     /// container name and image. Default: the first of
     /// /run/containerd/containerd.sock, /run/crio/crio.sock,
-    /// /var/run/crio/crio.sock that exists.
+    /// /var/run/crio/crio.sock that is a socket.
     #[arg(long)]
     pub cri_endpoint: Option<PathBuf>,
 

@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
+    body::Body,
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -18,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tower_http::{compression::CompressionLayer, timeout::TimeoutLayer};
 
@@ -170,23 +172,23 @@ async fn encode(
     };
     let format = Format::negotiate(headers);
     let started = Instant::now();
-    // Sized from the previous scrape: growing a multi-megabyte String by
-    // doubling copies it several times.
-    let size = if count {
-        (http.last_bytes.load(Ordering::Relaxed) as usize).saturating_mul(9) / 8
-    } else {
-        0
-    };
-    let share = size / parts.len();
+    // Each part sized from the previous scrape: growing a multi-megabyte
+    // String by doubling copies it several times.
+    let sizes: Vec<usize> = (0..parts.len())
+        .map(|i| match http.last_part_bytes.get(i) {
+            Some(last) if count => (last.load(Ordering::Relaxed) as usize).saturating_mul(9) / 8,
+            _ => 0,
+        })
+        .collect();
     // Held by the encoding threads, so a client that goes away does not
     // free the permit while its scrape is still being encoded.
     let permit = Arc::new(permit);
     let tasks: Vec<_> = (0..parts.len())
         .map(|i| {
-            let (parts, permit) = (parts.clone(), permit.clone());
+            let (parts, permit, size) = (parts.clone(), permit.clone(), sizes[i]);
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                let mut text = String::with_capacity(share.max(64 * 1024));
+                let mut text = String::with_capacity(size.max(64 * 1024));
                 match format {
                     Format::OpenMetrics => text::encode_registry(&mut text, &parts[i]),
                     Format::PrometheusText => prometheus_text::encode(&mut text, &parts[i]),
@@ -195,8 +197,8 @@ async fn encode(
             })
         })
         .collect();
-    let mut body = String::new();
-    for task in tasks {
+    let mut chunks = Vec::with_capacity(tasks.len() + 1);
+    for (i, task) in tasks.into_iter().enumerate() {
         let Ok(Ok(text)) = task.await else {
             tracing::error!("encoding /metrics failed");
             return (
@@ -205,28 +207,73 @@ async fn encode(
             )
                 .into_response();
         };
-        if body.is_empty() {
-            body = text;
-            body.reserve(size.saturating_sub(body.len()));
-        } else {
-            body.push_str(&text);
+        if let (true, Some(last)) = (count, http.last_part_bytes.get(i)) {
+            last.store(text.len() as u64, Ordering::Relaxed);
         }
+        chunks.push(Bytes::from(text));
     }
-    if format == Format::OpenMetrics && text::encode_eof(&mut body).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    if format == Format::OpenMetrics {
+        let mut eof = String::new();
+        if text::encode_eof(&mut eof).is_err() {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        chunks.push(Bytes::from(eof));
     }
+    let body = Chunks::new(chunks);
     if count {
         http.scrapes.fetch_add(1, Ordering::Relaxed);
         http.last_duration_ns
             .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        http.last_bytes.store(body.len() as u64, Ordering::Relaxed);
+        http.last_bytes.store(body.len, Ordering::Relaxed);
     }
-    let mut response = body.into_response();
+    let mut response = Body::new(body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),
     );
     response
+}
+
+/// A scrape's encoded parts, sent one after the other (joining them would
+/// copy the whole payload once more), with their total length so the
+/// response still has a `Content-Length`.
+struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+    len: u64,
+}
+
+impl Chunks {
+    fn new(chunks: Vec<Bytes>) -> Self {
+        let len = chunks.iter().map(|c| c.len() as u64).sum();
+        Self {
+            chunks: chunks.into(),
+            len,
+        }
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(chunk) = &next {
+            self.len -= chunk.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|c| Ok(http_body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +284,20 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
         h
+    }
+
+    #[tokio::test]
+    async fn chunks_are_sent_in_order_with_their_length() {
+        use http_body::Body as _;
+        use http_body_util::BodyExt as _;
+        let body = Chunks::new(vec![
+            Bytes::from("a 1\n"),
+            Bytes::from("b 2\n"),
+            Bytes::from("# EOF\n"),
+        ]);
+        assert_eq!(body.size_hint().exact(), Some(14));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"a 1\nb 2\n# EOF\n");
     }
 
     #[test]

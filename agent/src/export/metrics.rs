@@ -81,6 +81,8 @@ pub struct HttpStats {
     pub rejected: std::sync::atomic::AtomicU64,
     pub last_duration_ns: std::sync::atomic::AtomicU64,
     pub last_bytes: std::sync::atomic::AtomicU64,
+    /// Size of each part of the last `/metrics`, to size the next.
+    pub last_part_bytes: [std::sync::atomic::AtomicU64; 2],
 }
 
 /// Which families a collector writes. `/metrics` is encoded as two parts
@@ -190,14 +192,22 @@ impl Collector for AgentCollector {
         let snapshot = self.sources.registry.borrow().clone();
         if self.containers {
             let latest = self.sources.cache.latest_all();
+            let containers = super::containers::labeled(&snapshot);
             let stats = |encoder: &mut DescriptorEncoder, families| {
                 let s = &self.sources;
-                super::stats::encode(encoder, &snapshot, &latest, &s.groups, &s.devices, families)
+                super::stats::encode(
+                    encoder,
+                    &containers,
+                    &latest,
+                    &s.groups,
+                    &s.devices,
+                    families,
+                )
             };
             if first {
                 super::containers::encode(
                     &mut encoder,
-                    &snapshot,
+                    &containers,
                     std::time::SystemTime::now(),
                     self.sources.groups.oom_event,
                 )?;

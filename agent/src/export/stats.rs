@@ -9,15 +9,18 @@ use std::{
 
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
-use super::{containers::labels, metrics::Family};
+use super::{
+    containers::{labels, Labeled},
+    metrics::Family,
+};
 use crate::{
     cgroup::stats::{Interface, Memory, Sample},
     config::Groups,
     devices::DeviceNames,
-    registry::{ContainerInfo, Snapshot},
+    registry::ContainerInfo,
 };
 
-type Rows<'a> = Vec<(&'a ContainerInfo, &'a Sample)>;
+type Rows<'a> = Vec<(&'a Labeled<'a>, &'a Sample)>;
 /// (name, help, value) of a memory family.
 type MemoryFamily = (&'static str, &'static str, fn(&Memory) -> Option<u64>);
 
@@ -59,16 +62,15 @@ pub enum Families {
 
 pub fn encode(
     enc: &mut DescriptorEncoder,
-    snapshot: &Snapshot,
+    containers: &[Labeled],
     latest: &HashMap<Arc<str>, Arc<Sample>>,
     groups: &Groups,
     devices: &DeviceNames,
     families: Families,
 ) -> fmt::Result {
-    let rows: Rows = snapshot
-        .containers
+    let rows: Rows = containers
         .iter()
-        .filter_map(|c| Some((c.as_ref(), latest.get(&c.path)?.as_ref())))
+        .filter_map(|c| Some((c, latest.get(&c.path)?.as_ref())))
         .collect();
     use MetricType::{Counter, Gauge};
     if groups.memory && families != Families::AllButMemory {
@@ -644,6 +646,13 @@ mod tests {
             container(&other, None),
             container("/system.slice/x.service", None),
         );
+        let (app, sandbox, second, lone, host) = (
+            Labeled::new(&app),
+            Labeled::new(&sandbox),
+            Labeled::new(&second),
+            Labeled::new(&lone),
+            Labeled::new(&host),
+        );
         let paths = |rows: Rows| {
             rows.iter()
                 .map(|(c, _)| c.path.to_string())
@@ -665,6 +674,7 @@ mod tests {
         // No runtime knows the pods: the first container of each with
         // interfaces, in path order.
         let (app, sandbox) = (container(&pod("a"), None), container(&pod("b"), None));
+        let (app, sandbox) = (Labeled::new(&app), Labeled::new(&sandbox));
         let rows: Rows = vec![
             (&second, &without),
             (&app, &with),
