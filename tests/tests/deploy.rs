@@ -559,3 +559,46 @@ fn kubernetes_scrape_config_relabels_like_the_kubelet() {
             .is_empty()
     });
 }
+
+#[test]
+fn docs_list_every_flag_and_their_links_resolve() {
+    let test = "docs_list_every_flag_and_their_links_resolve";
+    let Some(bin) = release_bin(test) else { return };
+    let help = ok(
+        &Command::new(&bin).arg("--help").output().unwrap(),
+        "--help",
+    );
+    let flags_doc = std::fs::read_to_string(repo().join("docs/flags.md")).unwrap();
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| w.trim_end_matches(','))
+        .filter(|w| !matches!(*w, "--help" | "--version"))
+        .collect();
+    assert!(flags.len() > 20, "{flags:?}");
+    for flag in flags {
+        assert!(
+            flags_doc.contains(&format!("`{flag}`")),
+            "docs/flags.md does not describe {flag}"
+        );
+    }
+    // Every relative link of the README and docs/ points at something.
+    let mut pages = vec![repo().join("README.md")];
+    for e in std::fs::read_dir(repo().join("docs")).unwrap() {
+        pages.push(e.unwrap().path());
+    }
+    for page in pages {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for link in text.split("](").skip(1).filter_map(|r| r.split(')').next()) {
+            if link.starts_with("http") || link.starts_with('#') {
+                continue;
+            }
+            let target = link.split('#').next().unwrap();
+            assert!(
+                page.parent().unwrap().join(target).exists(),
+                "{}: link to {link} is broken",
+                page.display()
+            );
+        }
+    }
+}
