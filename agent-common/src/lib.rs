@@ -90,8 +90,48 @@ pub struct OomEvent {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
+/// Records the cgroup iterator can write in one pass (an mmap-able array;
+/// a hierarchy with more cgroups sets [`STATS_FLAG_OVERFLOW`] in the header
+/// and the rest is left to the file readers).
+pub const STATS_CAPACITY: u32 = 16384;
+
+/// Flag: `mem_*` are the memory cgroup's page counters (in pages).
+pub const STATS_FLAG_MEMORY: u32 = 1;
+/// Flag: `memsw_*` are valid (cgroup v1 memory+swap accounting).
+pub const STATS_FLAG_MEMSW: u32 = 2;
+/// Flag: `cpu_usage_ns` is cpuacct's usage summed over the possible CPUs.
+pub const STATS_FLAG_CPUACCT: u32 = 4;
+/// Header flag: the hierarchy had more cgroups than [`STATS_CAPACITY`].
+pub const STATS_FLAG_OVERFLOW: u32 = 1 << 31;
+
+/// One cgroup's counters, written by the `iter/cgroup` program. Slot 0 of
+/// the array is a header: `id` = records written after it, `flags` =
+/// [`STATS_FLAG_OVERFLOW`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    /// Kernfs id (the directory's inode number).
+    pub id: u64,
+    /// Kernfs id of the parent; 0 for the hierarchy's root.
+    pub parent_id: u64,
+    pub level: u32,
+    /// `STATS_FLAG_*`: which values below are valid.
+    pub flags: u32,
+    /// `mem_cgroup.memory`: usage, max and watermark, in pages.
+    pub mem_usage: u64,
+    pub mem_max: u64,
+    pub mem_watermark: u64,
+    /// `mem_cgroup.memsw`, in pages.
+    pub memsw_usage: u64,
+    pub memsw_max: u64,
+    pub memsw_watermark: u64,
+    pub cpu_usage_ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod user {
+    // SAFETY: plain old data, every bit pattern is valid.
+    unsafe impl aya::Pod for super::CgroupStats {}
     // SAFETY: plain old data, every bit pattern is valid.
     unsafe impl aya::Pod for super::CgroupEvent {}
     // SAFETY: as above.

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod cgroup;
+mod iter;
 mod oom;
 
 #[cfg(not(test))]

@@ -134,6 +134,13 @@ pub struct Config {
         default_value = "/etc/machine-id,/var/lib/dbus/machine-id"
     )]
     pub machine_id_file: Vec<PathBuf>,
+
+    /// Diagnostic: walk the cgroups under this directory with the eBPF
+    /// cgroup iterator (memory page counters, cpuacct usage, read in the
+    /// kernel), print one JSON line per cgroup and one with the pass's
+    /// cost, and exit.
+    #[arg(long, value_name = "CGROUP_DIR")]
+    pub dump_cgroup_stats: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -46,6 +46,9 @@ use crate::{
 fn main() -> Result<()> {
     let config = Config::parse();
     init_logging(&config)?;
+    if let Some(dir) = &config.dump_cgroup_stats {
+        return ebpf::iter::dump(dir);
+    }
     tokio::runtime::Builder::new_multi_thread()
         // A node agent: two workers are plenty, file reads go to the
         // blocking pool.

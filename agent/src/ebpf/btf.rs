@@ -71,7 +71,9 @@ enum Type {
     Alias {
         ty: u32,
     },
-    Ptr,
+    Ptr {
+        ty: u32,
+    },
     Array {
         elem: u32,
         len: u32,
@@ -156,7 +158,7 @@ impl Btf {
                     at += 4;
                     Type::Int { size: size_or_type }
                 }
-                KIND_PTR => Type::Ptr,
+                KIND_PTR => Type::Ptr { ty: size_or_type },
                 KIND_ARRAY => {
                     let elem = u32_at(tb, at)?;
                     let len = u32_at(tb, at + 8)?;
@@ -246,7 +248,7 @@ impl Btf {
         match self.resolve(id) {
             Type::Int { size } => Shape::Int(*size),
             Type::Enum { .. } => Shape::Int(4),
-            Type::Ptr => Shape::Ptr,
+            Type::Ptr { .. } => Shape::Ptr,
             Type::Composite { size, .. } => Shape::Composite(*size),
             Type::Array { elem, len } => Shape::Array {
                 elem_size: self.size_of(*elem),
@@ -260,7 +262,7 @@ impl Btf {
         match self.resolve(id) {
             Type::Int { size } | Type::Composite { size, .. } => *size,
             Type::Enum { .. } => 4,
-            Type::Ptr => 8,
+            Type::Ptr { .. } => 8,
             Type::Array { elem, len } => self.size_of(*elem) * len,
             _ => 0,
         }
@@ -319,6 +321,28 @@ impl Btf {
             current = format!("{current}.{member}");
         }
         Ok((offset, self.shape_of(id)))
+    }
+
+    /// Size of what pointer member `path` of struct `ty` points to (`u64
+    /// __percpu *` gives 8).
+    pub fn pointee_size(&self, ty: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let mut id = self.composite_id(ty)?;
+        for member in path {
+            id = self
+                .find_member(id, member)
+                .ok_or_else(|| BtfError::NoMember {
+                    ty: ty.to_owned(),
+                    member: path.join("."),
+                })?
+                .1;
+        }
+        match self.resolve(id) {
+            Type::Ptr { ty } => Ok(self.size_of(*ty)),
+            _ => Err(BtfError::NoMember {
+                ty: ty.to_owned(),
+                member: format!("{} as a pointer", path.join(".")),
+            }),
+        }
     }
 
     pub fn offset(&self, ty: &str, path: &[&str]) -> Result<u32, BtfError> {

@@ -2,6 +2,7 @@
 //! out its maps. Nothing outside this module talks to BPF.
 
 pub mod btf;
+pub mod iter;
 pub mod layout;
 pub mod oom_layout;
 pub mod tracefs;
@@ -122,6 +123,13 @@ impl Kernel {
     /// cannot work here (a layout that does not parse) does not take the
     /// others down.
     pub fn load() -> Result<Self, EbpfError> {
+        Self::load_with(0)
+    }
+
+    /// Like [`Self::load`], with room for `iter_capacity` records in the
+    /// cgroup iterator's output (0 when the iterator is not used: its
+    /// array then takes no memory to speak of).
+    pub fn load_with(iter_capacity: u32) -> Result<Self, EbpfError> {
         let object = embedded_object().ok_or(EbpfError::NoObject)?;
         let (tracefs, mounted) = tracefs::find_or_mount().map_err(EbpfError::Tracefs)?;
         if mounted {
@@ -140,11 +148,24 @@ impl Kernel {
         if let Ok(l) = &oom_tp {
             globals.extend(l.globals());
         }
+        if iter_capacity > 0 {
+            let cpus = iter::possible_cpus(std::path::Path::new("/sys")).unwrap_or(0);
+            match btf::Btf::from_sys().and_then(|b| iter::IterLayout::from_btf(&b, cpus)) {
+                Ok(l) => globals.extend(l.globals()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the cgroup iterator's offsets are not in this kernel's BTF")
+                }
+            }
+        }
         let mut loader = EbpfLoader::new();
         for (name, value) in &globals {
             loader.override_global(name, value, true);
         }
         loader.map_max_entries("CGROUP_EVENTS", CGROUP_RINGBUF_BYTES);
+        loader.map_max_entries(
+            "CGROUP_STATS",
+            iter_capacity.clamp(1, agent_common::STATS_CAPACITY) + 1,
+        );
         let ebpf = loader.load(object)?;
         Ok(Self {
             ebpf,

@@ -1,0 +1,249 @@
+//! `iter/cgroup`: every cgroup of one hierarchy in one pass (the agent
+//! attaches it to a hierarchy's root with pre-order descendant walking).
+//! Each cgroup's counters go into an mmap-able array, not the seq file: a
+//! cgroup iterator cannot resume after a `read()`, and its seq output stops
+//! at one page of records. The `read()` only drives the walk.
+//!
+//! Every offset is a global set from the kernel's BTF at load time; a zero
+//! offset disables the values that need it.
+
+use agent_common::{
+    CgroupStats, STATS_CAPACITY, STATS_FLAG_CPUACCT, STATS_FLAG_MEMORY, STATS_FLAG_MEMSW,
+    STATS_FLAG_OVERFLOW,
+};
+use aya_ebpf::{
+    helpers::generated::{bpf_map_lookup_percpu_elem, bpf_probe_read_kernel},
+    macros::map,
+    maps::{Array, PerCpuArray},
+};
+
+use crate::cgroup::global;
+
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// The most CPUs whose per-CPU counters are summed.
+const MAX_CPUS: u32 = 1024;
+
+/// Slot 0 is the header (records written, overflow flag); records follow.
+#[map]
+static CGROUP_STATS: Array<CgroupStats> =
+    Array::with_max_entries(STATS_CAPACITY + 1, BPF_F_MMAPABLE);
+
+/// One u64 per CPU: the address of each CPU's copy, minus the per-CPU
+/// pointer they share, is that CPU's per-CPU offset (this kernel's verifier
+/// rejects `bpf_per_cpu_ptr` on untyped per-CPU pointers).
+#[map]
+static PERCPU_PROBE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Each CPU's per-CPU offset, found at the first cgroup of a pass.
+#[map]
+static CPU_OFFSETS: Array<u64> = Array::with_max_entries(MAX_CPUS, 0);
+
+#[unsafe(no_mangle)]
+static IT_CGROUP_KN_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_KN_ID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_CGROUP_LEVEL_OFF: u32 = 0;
+/// `cgroup.self.parent`: the parent's css, whose `cgroup` is the parent.
+#[unsafe(no_mangle)]
+static IT_CGROUP_PARENT_CSS_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_CSS_CGROUP_OFF: u32 = 0;
+/// `cgroup.subsys[memory_cgrp_id]`; offsets below are from that css.
+#[unsafe(no_mangle)]
+static IT_CGROUP_MEMORY_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_MEM_USAGE_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_MEM_MAX_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_MEM_WATERMARK_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_MEMSW_USAGE_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_MEMSW_MAX_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_MEMSW_WATERMARK_OFF: u32 = 0;
+/// `cgroup.subsys[cpuacct_cgrp_id]`, and `cpuacct.cpuusage` from that css.
+#[unsafe(no_mangle)]
+static IT_CGROUP_CPUACCT_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_CPUACCT_USAGE_OFF: u32 = 0;
+/// `bpf_array.pptrs`: the per-CPU pointer of `PERCPU_PROBE`'s element.
+#[unsafe(no_mangle)]
+static IT_ARRAY_PPTRS_OFF: u32 = 0;
+/// Possible CPUs (0 disables cpuacct).
+#[unsafe(no_mangle)]
+static IT_NR_CPUS: u32 = 0;
+
+#[inline(always)]
+unsafe fn read<T: Default>(addr: u64) -> Result<T, i64> {
+    let mut v = T::default();
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            &mut v as *mut T as *mut _,
+            core::mem::size_of::<T>() as u32,
+            addr as *const _,
+        )
+    };
+    if rc == 0 { Ok(v) } else { Err(rc) }
+}
+
+/// A pointer's value as a plain number: read back through a helper, the
+/// verifier no longer types it as a map or map-value pointer, so it can be
+/// offset and subtracted.
+#[inline(always)]
+unsafe fn launder<T>(p: *const T) -> u64 {
+    let slot: *const T = p;
+    unsafe { read::<u64>(&slot as *const *const T as u64) }.unwrap_or(0)
+}
+
+#[unsafe(link_section = "iter/cgroup")]
+#[unsafe(no_mangle)]
+pub extern "C" fn cgroup_stats(ctx: *mut core::ffi::c_void) -> i32 {
+    // struct bpf_iter__cgroup { struct bpf_iter_meta *meta; struct cgroup *cgroup; }
+    let cgrp = unsafe { *(ctx as *const *const u8).add(1) };
+    if cgrp.is_null() {
+        // The call after the last cgroup.
+        return 0;
+    }
+    let Some(header) = CGROUP_STATS.get_ptr_mut(0) else {
+        return 0;
+    };
+    let n = unsafe { (*header).id };
+    if n == 0 {
+        find_cpu_offsets();
+    }
+    // The agent sizes the array (at most STATS_CAPACITY records).
+    let rec = if n < u64::from(STATS_CAPACITY) {
+        CGROUP_STATS.get_ptr_mut(n as u32 + 1)
+    } else {
+        None
+    };
+    let Some(rec) = rec else {
+        unsafe { (*header).flags |= STATS_FLAG_OVERFLOW };
+        return 0;
+    };
+    unsafe {
+        (*header).id = n + 1;
+        *rec = CgroupStats::default();
+        let _ = fill(cgrp as u64, &mut *rec);
+    }
+    0
+}
+
+unsafe fn kn_id(cgrp: u64) -> Result<u64, i64> {
+    unsafe {
+        let kn: u64 = read(cgrp + u64::from(global(&IT_CGROUP_KN_OFF)))?;
+        read(kn + u64::from(global(&IT_KN_ID_OFF)))
+    }
+}
+
+unsafe fn fill(cgrp: u64, rec: &mut CgroupStats) -> Result<(), i64> {
+    unsafe {
+        rec.id = kn_id(cgrp)?;
+        rec.level = read(cgrp + u64::from(global(&IT_CGROUP_LEVEL_OFF)))?;
+        let parent_css: u64 = read(cgrp + u64::from(global(&IT_CGROUP_PARENT_CSS_OFF)))?;
+        if parent_css != 0 {
+            let parent: u64 = read(parent_css + u64::from(global(&IT_CSS_CGROUP_OFF)))?;
+            rec.parent_id = kn_id(parent)?;
+        }
+        memory(cgrp, rec);
+        cpuacct(cgrp, rec);
+    }
+    Ok(())
+}
+
+unsafe fn memory(cgrp: u64, rec: &mut CgroupStats) {
+    let off = global(&IT_CGROUP_MEMORY_OFF);
+    if off == 0 {
+        return;
+    }
+    let Ok(css) = (unsafe { read::<u64>(cgrp + u64::from(off)) }) else {
+        return;
+    };
+    if css == 0 {
+        return;
+    }
+    let at = |g: &'static u32| css + u64::from(global(g));
+    unsafe {
+        if let (Ok(u), Ok(m), Ok(w)) = (
+            read::<u64>(at(&IT_MEM_USAGE_OFF)),
+            read::<u64>(at(&IT_MEM_MAX_OFF)),
+            read::<u64>(at(&IT_MEM_WATERMARK_OFF)),
+        ) {
+            (rec.mem_usage, rec.mem_max, rec.mem_watermark) = (u, m, w);
+            rec.flags |= STATS_FLAG_MEMORY;
+        }
+        if global(&IT_MEMSW_USAGE_OFF) != 0 {
+            if let (Ok(u), Ok(m), Ok(w)) = (
+                read::<u64>(at(&IT_MEMSW_USAGE_OFF)),
+                read::<u64>(at(&IT_MEMSW_MAX_OFF)),
+                read::<u64>(at(&IT_MEMSW_WATERMARK_OFF)),
+            ) {
+                (rec.memsw_usage, rec.memsw_max, rec.memsw_watermark) = (u, m, w);
+                rec.flags |= STATS_FLAG_MEMSW;
+            }
+        }
+    }
+}
+
+/// Fills `CPU_OFFSETS` from `PERCPU_PROBE`'s per-CPU copies.
+fn find_cpu_offsets() {
+    let nr = global(&IT_NR_CPUS);
+    if nr == 0 || global(&IT_ARRAY_PPTRS_OFF) == 0 {
+        return;
+    }
+    let map = &PERCPU_PROBE as *const PerCpuArray<u64>;
+    let base = unsafe { launder(map) };
+    let Ok(pptr) = (unsafe { read::<u64>(base + u64::from(global(&IT_ARRAY_PPTRS_OFF))) }) else {
+        return;
+    };
+    let key = 0u32;
+    for cpu in 0..MAX_CPUS {
+        if cpu >= nr {
+            break;
+        }
+        let p = unsafe {
+            bpf_map_lookup_percpu_elem(map as *mut _, &key as *const u32 as *const _, cpu)
+        };
+        if p.is_null() {
+            continue;
+        }
+        let addr = unsafe { launder(p as *const u8) };
+        if let Some(slot) = CPU_OFFSETS.get_ptr_mut(cpu) {
+            unsafe { *slot = addr.wrapping_sub(pptr) };
+        }
+    }
+}
+
+unsafe fn cpuacct(cgrp: u64, rec: &mut CgroupStats) {
+    let (off, nr) = (global(&IT_CGROUP_CPUACCT_OFF), global(&IT_NR_CPUS));
+    if off == 0 || nr == 0 {
+        return;
+    }
+    let Ok(css) = (unsafe { read::<u64>(cgrp + u64::from(off)) }) else {
+        return;
+    };
+    if css == 0 {
+        return;
+    }
+    let Ok(usage) = (unsafe { read::<u64>(css + u64::from(global(&IT_CPUACCT_USAGE_OFF))) }) else {
+        return;
+    };
+    let mut sum = 0u64;
+    for cpu in 0..MAX_CPUS {
+        if cpu >= nr {
+            break;
+        }
+        let Some(offset) = CPU_OFFSETS.get(cpu) else {
+            return;
+        };
+        match unsafe { read::<u64>(usage.wrapping_add(*offset)) } {
+            Ok(v) => sum += v,
+            Err(_) => return,
+        }
+    }
+    rec.cpu_usage_ns = sum;
+    rec.flags |= STATS_FLAG_CPUACCT;
+}

@@ -1,0 +1,233 @@
+//! The eBPF cgroup iterator against the kernel's own files: every value it
+//! reads in the kernel must equal what the cgroup files say, read just
+//! before and just after it (bracketed), for hundreds of real cgroups.
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    process::{Child, Command},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tests::{
+    agent_bin,
+    cgroups::{wait_for, CgroupTree},
+    expect_ebpf, require_root,
+};
+
+/// One `--dump-cgroup-stats` run: records by cgroup id, and the summary.
+fn dump(dir: &Path) -> (HashMap<u64, Value>, Value) {
+    let out = Command::new(agent_bin())
+        .arg("--dump-cgroup-stats")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "--dump-cgroup-stats: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut records = HashMap::new();
+    let mut summary = Value::Null;
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["summary"] == true {
+            summary = v;
+        } else {
+            records.insert(v["id"].as_u64().unwrap(), v);
+        }
+    }
+    (records, summary)
+}
+
+fn read_u64(path: &Path) -> u64 {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn gate(test: &str) -> bool {
+    if !require_root(test) {
+        return false;
+    }
+    if !expect_ebpf() {
+        eprintln!("SKIPPED {test}: CGSCOPE_EXPECT_EBPF is not set (run `cargo xtask test`)");
+        return false;
+    }
+    true
+}
+
+fn spawn_in(tree: &CgroupTree, hierarchies: &[&str], rel: &str, script: &str) -> Child {
+    let join: String = hierarchies
+        .iter()
+        .map(|h| format!("echo $$ > {}/cgroup.procs && ", tree.dir(h, rel).display()))
+        .collect();
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("{join}{script}"))
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn iterator_values_equal_the_cgroup_files() {
+    let test = "iterator_values_equal_the_cgroup_files";
+    if !gate(test) {
+        return;
+    }
+    let hs = ["memory", "cpuacct"];
+    let tree = CgroupTree::new("iter", &hs);
+    let n = 300;
+    let mut children = Vec::new();
+    for i in 0..n {
+        let rel = format!("c{i}");
+        tree.mkdir(&rel).unwrap();
+        if i % 3 == 0 {
+            fs::write(
+                tree.dir("memory", &rel).join("memory.limit_in_bytes"),
+                format!("{}", (64 + i) << 20),
+            )
+            .unwrap();
+        }
+        // A tenth allocate and keep some memory; a tenth burn CPU; the rest
+        // are idle.
+        match i % 10 {
+            1 => children.push(spawn_in(
+                &tree,
+                &hs,
+                &rel,
+                &format!(
+                    "exec python3 -c 'import time; b = bytearray({} << 20); time.sleep(120)'",
+                    4 + i % 7
+                ),
+            )),
+            2 => children.push(spawn_in(
+                &tree,
+                &hs,
+                &rel,
+                "exec timeout 120 sh -c 'while :; do :; done'",
+            )),
+            _ => {}
+        }
+    }
+    let cpu = |rel: &str| read_u64(&tree.dir("cpuacct", rel).join("cpuacct.usage"));
+    let mem = |rel: &str, f: &str| read_u64(&tree.dir("memory", rel).join(f));
+    let rels: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    // Memory usage goes up and down while the allocators start: compare
+    // once it has held still (CPU usage only grows, so any time will do).
+    let usages = || -> Vec<u64> {
+        rels.iter()
+            .map(|r| mem(r, "memory.usage_in_bytes"))
+            .collect()
+    };
+    let mut last = usages();
+    wait_for("memory usage to settle", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = usages();
+        let settled = now == last;
+        last = now;
+        settled
+    });
+    let before: Vec<(u64, u64, u64)> = rels
+        .iter()
+        .map(|r| {
+            (
+                cpu(r),
+                mem(r, "memory.usage_in_bytes"),
+                mem(r, "memory.max_usage_in_bytes"),
+            )
+        })
+        .collect();
+    let (memory, msum) = dump(&tree.dir("memory", ""));
+    let (cpuacct, csum) = dump(&tree.dir("cpuacct", ""));
+    let after: Vec<(u64, u64, u64)> = rels
+        .iter()
+        .map(|r| {
+            (
+                cpu(r),
+                mem(r, "memory.usage_in_bytes"),
+                mem(r, "memory.max_usage_in_bytes"),
+            )
+        })
+        .collect();
+    for s in [&msum, &csum] {
+        assert_eq!(s["cgroups"], n + 1, "{s}");
+        assert_eq!(s["overflow"], false, "{s}");
+    }
+
+    let ino = |h: &str, rel: &str| fs::metadata(tree.dir(h, rel)).unwrap().ino();
+    let root_ino = ino("memory", "");
+    let mut busy = 0;
+    for (i, rel) in rels.iter().enumerate() {
+        let m = &memory[&ino("memory", rel)];
+        assert_eq!(m["parent_id"], root_ino, "{rel}: {m}");
+        assert_eq!(m["level"], 2, "{rel}: {m}");
+        assert_eq!(
+            m["memory_limit_bytes"],
+            mem(rel, "memory.limit_in_bytes"),
+            "{rel}"
+        );
+        let (b, a) = (before[i], after[i]);
+        let usage = m["memory_usage_bytes"].as_u64().unwrap();
+        assert!(
+            b.1.min(a.1) <= usage && usage <= b.1.max(a.1),
+            "{rel}: memory usage {usage} outside [{}, {}]",
+            b.1,
+            a.1
+        );
+        let peak = m["memory_max_usage_bytes"].as_u64().unwrap();
+        assert!(
+            b.2 <= peak && peak <= a.2,
+            "{rel}: max usage {peak} outside [{}, {}]",
+            b.2,
+            a.2
+        );
+        let c = &cpuacct[&ino("cpuacct", rel)];
+        let used = c["cpuacct_usage_ns"].as_u64().unwrap();
+        assert!(
+            b.0 <= used && used <= a.0,
+            "{rel}: cpuacct {used} outside [{}, {}]",
+            b.0,
+            a.0
+        );
+        if b.0 > 0 {
+            busy += 1;
+        }
+    }
+    // The test did what it says: CPU was used and memory held.
+    assert!(busy >= n / 10, "{busy} cgroups used CPU");
+    assert!(rels
+        .iter()
+        .any(|r| mem(r, "memory.usage_in_bytes") > 4 << 20));
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn a_hierarchy_larger_than_a_seq_page_is_read_completely() {
+    let test = "a_hierarchy_larger_than_a_seq_page_is_read_completely";
+    if !gate(test) {
+        return;
+    }
+    let tree = CgroupTree::new("iter-many", &["memory"]);
+    let n = 2100;
+    for i in 0..n {
+        tree.mkdir(&format!("c{i}")).unwrap();
+    }
+    let (records, summary) = dump(&tree.dir("memory", ""));
+    assert_eq!(summary["cgroups"], n + 1, "{summary}");
+    assert_eq!(summary["overflow"], false);
+    for i in [0, n / 2, n - 1] {
+        let id = fs::metadata(tree.dir("memory", &format!("c{i}")))
+            .unwrap()
+            .ino();
+        assert!(records.contains_key(&id), "c{i} missing");
+    }
+}
