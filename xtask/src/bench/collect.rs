@@ -179,6 +179,52 @@ struct Row {
     floor_us: f64,
     files: f64,
     rss: f64,
+    /// The eBPF cgroup iterator against the files it covers, µs per cgroup.
+    iter: Option<(f64, f64)>,
+}
+
+/// The files whose values the eBPF cgroup iterator reads in the kernel.
+const ITER_FILES: &[(&str, &str)] = &[
+    ("memory", "memory.usage_in_bytes"),
+    ("memory", "memory.max_usage_in_bytes"),
+    ("memory", "memory.limit_in_bytes"),
+    ("memory", "memory.memsw.limit_in_bytes"),
+    ("cpuacct", "cpuacct.usage"),
+];
+
+/// µs of CPU per cgroup: reading [`ITER_FILES`], and one iterator pass per
+/// hierarchy (`cgscope --dump-cgroup-stats`, its median of five passes).
+fn iter_vs_files(bin: &Path, fleet: &Fleet) -> Result<(f64, f64)> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut files = || {
+        let start = cpu_seconds_self();
+        for i in 0..fleet.n {
+            for (h, file) in ITER_FILES {
+                buf.clear();
+                if let Ok(mut f) = fs::File::open(fleet.dir(h, i).join(file)) {
+                    let _ = f.read_to_end(&mut buf);
+                }
+            }
+        }
+        cpu_seconds_self() - start
+    };
+    let _ = files();
+    let files_us = files() / fleet.n as f64 * 1e6;
+    let mut iter_us = 0.0;
+    for h in ["memory", "cpuacct"] {
+        let out = Command::new(bin)
+            .arg("--dump-cgroup-stats")
+            .arg(Path::new(ROOT).join(h).join(&fleet.prefix))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let summary: serde_json::Value = text
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .context("--dump-cgroup-stats printed no summary")?;
+        iter_us += summary["pass_cpu_us"].as_f64().unwrap_or(f64::NAN);
+    }
+    Ok((iter_us / fleet.n as f64, files_us))
 }
 
 pub fn run(bin: &Path) -> Result<()> {
@@ -190,7 +236,7 @@ pub fn run(bin: &Path) -> Result<()> {
     println!("collection cost per container per collection (target: within 1.5x of the floor; RSS < 64 MiB at 5,000)");
     println!("| cgroups | agent CPU µs | floor µs | ratio | files/collection | agent RSS MiB |");
     println!("|---|---|---|---|---|---|");
-    for r in rows {
+    for r in &rows {
         println!(
             "| {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} |",
             r.case,
@@ -201,6 +247,19 @@ pub fn run(bin: &Path) -> Result<()> {
             r.rss
         );
     }
+    println!();
+    println!("eBPF cgroup iterator (memory usage, max usage, limit, memsw limit; cpuacct usage) vs reading those files, CPU µs per cgroup (target: iterator 10x cheaper)");
+    println!("| cgroups | iterator µs | files µs | files / iterator |");
+    println!("|---|---|---|---|");
+    for r in &rows {
+        if let Some((iter, files)) = r.iter {
+            println!(
+                "| {} | {iter:.2} | {files:.1} | {:.0} |",
+                r.case,
+                files / iter
+            );
+        }
+    }
     Ok(())
 }
 
@@ -210,6 +269,9 @@ fn measure(bin: &Path, n: usize, threads: usize) -> Result<Row> {
     // Warm the page cache of the kernel structures once, then measure.
     let _ = floor(&fleet);
     let floor_us = floor(&fleet);
+    let iter = iter_vs_files(bin, &fleet)
+        .inspect_err(|e| eprintln!("bench collect: no iterator numbers: {e:#}"))
+        .ok();
     let agent = BenchAgent::start(
         bin,
         &[
@@ -251,5 +313,6 @@ fn measure(bin: &Path, n: usize, threads: usize) -> Result<Row> {
         floor_us,
         files: (f1 - f0) / collections,
         rss,
+        iter,
     })
 }
