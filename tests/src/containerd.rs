@@ -400,7 +400,31 @@ impl Drop for Containerd {
         }
         // SAFETY: plain syscall on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = std::time::Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
         let _ = self.child.wait();
+        // Shims of pods that could not be removed (a test that failed half
+        // way) outlive containerd; they name our socket on their command
+        // line, so only ours are killed.
+        let socket = self.socket().display().to_string();
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&socket) {
+                // SAFETY: plain syscall on a process this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         // Anything runc left (the pod parents, a failed test's containers).
         drop(self.cgroups.take());
         if !self.run_dir_was_there {

@@ -179,8 +179,10 @@ struct Row {
     floor_us: f64,
     files: f64,
     rss: f64,
-    /// The eBPF cgroup iterator against the files it covers, µs per cgroup.
-    iter: Option<(f64, f64)>,
+    /// The eBPF cgroup iterator against the files it covers, µs per cgroup,
+    /// and the longest pass's wall time in ms (the kernel holds
+    /// cgroup_mutex for all of it: cgroup creation waits).
+    iter: Option<(f64, f64, f64)>,
 }
 
 /// The files whose values the eBPF cgroup iterator reads in the kernel.
@@ -192,9 +194,10 @@ const ITER_FILES: &[(&str, &str)] = &[
     ("cpuacct", "cpuacct.usage"),
 ];
 
-/// µs of CPU per cgroup: reading [`ITER_FILES`], and one iterator pass per
-/// hierarchy (`cgscope --dump-cgroup-stats`, its median of five passes).
-fn iter_vs_files(bin: &Path, fleet: &Fleet) -> Result<(f64, f64)> {
+/// µs of CPU per cgroup: one iterator pass per hierarchy (`cgscope
+/// --dump-cgroup-stats`, its median of five passes) and reading
+/// [`ITER_FILES`]; and the longer pass's wall time in ms.
+fn iter_vs_files(bin: &Path, fleet: &Fleet) -> Result<(f64, f64, f64)> {
     let mut buf = Vec::with_capacity(4096);
     let mut files = || {
         let start = cpu_seconds_self();
@@ -210,7 +213,7 @@ fn iter_vs_files(bin: &Path, fleet: &Fleet) -> Result<(f64, f64)> {
     };
     let _ = files();
     let files_us = files() / fleet.n as f64 * 1e6;
-    let mut iter_us = 0.0;
+    let (mut iter_us, mut wall_ms) = (0.0, 0.0f64);
     for h in ["memory", "cpuacct"] {
         let out = Command::new(bin)
             .arg("--dump-cgroup-stats")
@@ -223,8 +226,9 @@ fn iter_vs_files(bin: &Path, fleet: &Fleet) -> Result<(f64, f64)> {
             .and_then(|l| serde_json::from_str(l).ok())
             .context("--dump-cgroup-stats printed no summary")?;
         iter_us += summary["pass_cpu_us"].as_f64().unwrap_or(f64::NAN);
+        wall_ms = wall_ms.max(summary["pass_wall_us"].as_f64().unwrap_or(f64::NAN) / 1e3);
     }
-    Ok((iter_us / fleet.n as f64, files_us))
+    Ok((iter_us / fleet.n as f64, files_us, wall_ms))
 }
 
 pub fn run(bin: &Path) -> Result<()> {
@@ -249,12 +253,13 @@ pub fn run(bin: &Path) -> Result<()> {
     }
     println!();
     println!("eBPF cgroup iterator (memory usage, max usage, limit, memsw limit; cpuacct usage) vs reading those files, CPU µs per cgroup (target: iterator 10x cheaper)");
-    println!("| cgroups | iterator µs | files µs | files / iterator |");
-    println!("|---|---|---|---|");
+    println!("(pass ms: one hierarchy's walk, during which the kernel holds cgroup_mutex)");
+    println!("| cgroups | iterator µs | files µs | files / iterator | pass ms |");
+    println!("|---|---|---|---|---|");
     for r in &rows {
-        if let Some((iter, files)) = r.iter {
+        if let Some((iter, files, wall)) = r.iter {
             println!(
-                "| {} | {iter:.2} | {files:.1} | {:.0} |",
+                "| {} | {iter:.2} | {files:.1} | {:.0} | {wall:.1} |",
                 r.case,
                 files / iter
             );
