@@ -103,6 +103,16 @@ impl Containerd {
     /// `None` (after saying why) when containerd, runc, busybox or the
     /// tools the CNI plugin needs are missing; strict runs fail instead.
     pub fn start(name: &str) -> Option<Self> {
+        Self::start_with(name, true)
+    }
+
+    /// A containerd without its CRI plugin: a real gRPC server on the
+    /// socket that does not serve the Kubernetes runtime API.
+    pub fn start_without_cri(name: &str) -> Option<Self> {
+        Self::start_with(name, false)
+    }
+
+    fn start_with(name: &str, cri: bool) -> Option<Self> {
         let missing: Vec<&str> = ["containerd", "ctr", "runc", "busybox", "nsenter", "ip"]
             .into_iter()
             .filter(|t| which(t).is_none())
@@ -140,6 +150,7 @@ impl Containerd {
             &config,
             format!(
                 r#"version = 2
+{disabled}
 root = "{root}"
 state = "{state}"
 [grpc]
@@ -162,6 +173,11 @@ state = "{state}"
     bin_dir = "{cni_bin}"
     conf_dir = "{cni_conf}"
 "#,
+                disabled = if cri {
+                    ""
+                } else {
+                    r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#
+                },
                 root = d.join("root").display(),
                 state = d.join("state").display(),
                 socket = socket.display(),
@@ -171,14 +187,7 @@ state = "{state}"
         )
         .unwrap();
         let run_dir_was_there = Path::new("/run/containerd").exists();
-        let log = fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = spawn_daemon(d);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -205,16 +214,40 @@ state = "{state}"
             run_dir_was_there,
             dir,
         };
-        wait_for("containerd's CRI socket", Duration::from_secs(30), || {
-            socket.exists() && {
-                let mut client = c.client.clone();
-                c.rt.block_on(client.version(VersionRequest::default()))
-                    .is_ok()
-            }
-        });
+        if !cri {
+            wait_for("containerd's socket", Duration::from_secs(30), || {
+                socket.exists()
+            });
+            return Some(c);
+        }
+        c.wait_ready();
         c.import(PAUSE_IMAGE, &["/bin/sleep", "2147483647"]);
         c.import(BUSYBOX_IMAGE, &["/bin/sh"]);
         Some(c)
+    }
+
+    fn wait_ready(&self) {
+        wait_for("containerd's CRI socket", Duration::from_secs(30), || {
+            self.socket().exists() && {
+                let mut client = self.client.clone();
+                self.rt
+                    .block_on(client.version(VersionRequest::default()))
+                    .is_ok()
+            }
+        });
+    }
+
+    /// Stops the daemon; pods and containers keep running (their shims
+    /// stay), as when a node's containerd restarts.
+    pub fn stop_daemon(&mut self) {
+        stop(&mut self.child);
+    }
+
+    /// Starts the daemon again on the same state; it finds its pods.
+    pub fn restart_daemon(&mut self) {
+        stop(&mut self.child);
+        self.child = spawn_daemon(self.dir.path());
+        self.wait_ready();
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -443,6 +476,37 @@ impl Drop for Containerd {
             }
         }
     }
+}
+
+/// containerd on the config in `dir`, logging to `dir/containerd.log`.
+fn spawn_daemon(dir: &Path) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .unwrap();
+    Command::new("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+fn stop(child: &mut Child) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn which(tool: &str) -> Option<PathBuf> {

@@ -43,6 +43,9 @@ fn kubernetes_pods_over_cri_get_kubelet_labels_and_mixin_queries_work() {
         "1s",
         "--container-retention",
         "3s",
+        // Asked again often, to see a restarting runtime keep its labels.
+        "--metadata-refresh",
+        "2s",
     ]);
     let Some(prom) = Prometheus::start(agent.port) else {
         eprintln!("SKIPPED {test}: no prometheus");
@@ -228,6 +231,23 @@ fn kubernetes_pods_over_cri_get_kubelet_labels_and_mixin_queries_work() {
         &|s| s.len() == 1,
     );
 
+    // The runtime restarts (as on an upgrade): lookups fail meanwhile, but
+    // the containers keep their labels, so no series ends or restarts.
+    let errors = |m: &tests::Metrics| {
+        m.value("cgscope_runtime_errors_total", &[("provider", "cri")])
+            .unwrap_or(0.0)
+    };
+    let errors_before = errors(&agent.scrape());
+    containerd.stop_daemon();
+    wait_scrape("failed lookups while containerd is down", &|m| {
+        errors(m) > errors_before
+    });
+    let m = agent.scrape();
+    for l in [&app_labels, &sandbox, &pod_cgroup] {
+        assert!(m.value(cpu, &l[..]).is_some(), "labels kept: {l:?}");
+    }
+    containerd.restart_daemon();
+
     // Removing the pod removes its series once retention has passed.
     containerd.remove_pod(&pod.id);
     wait_for("the pod's series to go", Duration::from_secs(30), || {
@@ -237,4 +257,60 @@ fn kubernetes_pods_over_cri_get_kubelet_labels_and_mixin_queries_work() {
             .iter()
             .all(|id| !id.starts_with(&pod_path) || id == &pod_path)
     });
+}
+
+/// A real gRPC server on the socket that does not serve the Kubernetes
+/// runtime API (containerd without its CRI plugin): one counted warning,
+/// the path's labels, collection unaffected.
+#[test]
+fn a_runtime_without_the_cri_api_costs_only_labels() {
+    let test = "a_runtime_without_the_cri_api_costs_only_labels";
+    if !require_root(test) {
+        return;
+    }
+    let Some(containerd) = Containerd::start_without_cri("nocri") else {
+        return;
+    };
+    let socket = containerd.socket();
+    let agent = Agent::start(&[
+        "--cri-endpoint",
+        socket.to_str().unwrap(),
+        "--housekeeping-interval",
+        "1s",
+    ]);
+    let tree = containerd.cgroups.as_ref().unwrap();
+    let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let pod = "kubepods/besteffort/pod0b7f3f7c-4d3e-4bb4-9a57-7b7e3b4f2c11";
+    for dir in [
+        "kubepods".to_owned(),
+        "kubepods/besteffort".into(),
+        pod.into(),
+        format!("{pod}/{id}"),
+    ] {
+        for h in ["cpu", "cpuacct"] {
+            std::fs::create_dir(tree.dir(h, &dir)).unwrap();
+        }
+    }
+    let path = tree.path(&format!("{pod}/{id}"));
+    wait_for("the failure counted", Duration::from_secs(20), || {
+        agent
+            .scrape()
+            .value("cgscope_runtime_errors_total", &[("provider", "cri")])
+            .unwrap_or(0.0)
+            >= 1.0
+    });
+    let m = agent.scrape();
+    assert!(
+        m.value(
+            "container_cpu_usage_seconds_total",
+            &[("id", &path), ("name", id), ("pod", ""), ("image", "")]
+        )
+        .is_some(),
+        "collected with the path's labels"
+    );
+    assert!(
+        agent.log().contains("does not serve CRI runtime.v1"),
+        "{}",
+        agent.log()
+    );
 }

@@ -86,6 +86,9 @@ pub struct CriProvider {
     socket: PathBuf,
     channel: Channel,
     listing: Mutex<Listing>,
+    /// The runtime answered once: from then on a missing socket is a
+    /// runtime that went away (counted), not a node without one.
+    answered: std::sync::atomic::AtomicBool,
 }
 
 /// The first default endpoint that is a socket, else containerd's (so a
@@ -126,6 +129,7 @@ impl CriProvider {
             socket,
             channel,
             listing: Mutex::default(),
+            answered: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -165,6 +169,8 @@ impl CriProvider {
             .map_err(|s| self.error(s))?
             .into_inner()
             .containers;
+        self.answered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut fresh = Listing {
             at: Some(Instant::now()),
             ..Listing::default()
@@ -237,7 +243,7 @@ impl CriProvider {
             .await?;
         match found {
             Found::Container(c, sandbox) => {
-                let image = self.image_name(id).await.unwrap_or(c.image);
+                let image = self.image_name(id).await?.unwrap_or(c.image);
                 let get = |k: &str| c.labels.get(k).cloned();
                 Ok(Metadata {
                     name: id.to_owned(),
@@ -257,7 +263,7 @@ impl CriProvider {
             }
             Found::Sandbox(s) => Ok(Metadata {
                 name: id.to_owned(),
-                image: self.sandbox_image(id).await.unwrap_or_default(),
+                image: self.sandbox_image(id).await?.unwrap_or_default(),
                 pod: s.name,
                 namespace: s.namespace,
                 started_at: time_of(s.created_ns),
@@ -289,8 +295,10 @@ impl CriProvider {
         })
     }
 
-    /// The image by name (`ContainerStatus`), where the listing has the id.
-    async fn image_name(&self, id: &str) -> Option<String> {
+    /// The image by name (`ContainerStatus`), where the listing has the id;
+    /// `None` when the status has none. A failed call is an error, not an
+    /// empty image: a runtime that is down must not relabel containers.
+    async fn image_name(&self, id: &str) -> Result<Option<String>, ProviderError> {
         let status = self
             .client()
             .container_status(ContainerStatusRequest {
@@ -298,15 +306,18 @@ impl CriProvider {
                 verbose: false,
             })
             .await
-            .ok()?
+            .map_err(|s| self.error(s))?
             .into_inner()
-            .status?;
-        status.image.map(|i| i.image).filter(|i| !i.is_empty())
+            .status;
+        Ok(status
+            .and_then(|s| s.image)
+            .map(|i| i.image)
+            .filter(|i| !i.is_empty()))
     }
 
     /// The pause image, which only the runtime's verbose sandbox info has
-    /// (containerd: `info` → `image`).
-    async fn sandbox_image(&self, id: &str) -> Option<String> {
+    /// (containerd: `info` → `image`; `None` where the runtime does not say).
+    async fn sandbox_image(&self, id: &str) -> Result<Option<String>, ProviderError> {
         let info = self
             .client()
             .pod_sandbox_status(PodSandboxStatusRequest {
@@ -314,10 +325,10 @@ impl CriProvider {
                 verbose: true,
             })
             .await
-            .ok()?
+            .map_err(|s| self.error(s))?
             .into_inner()
             .info;
-        sandbox_image_from_info(info.get("info")?)
+        Ok(info.get("info").and_then(|i| sandbox_image_from_info(i)))
     }
 }
 
@@ -354,7 +365,8 @@ impl Provider for CriProvider {
             }
             _ => false,
         };
-        ours && is_socket(&self.socket)
+        ours && (self.answered.load(std::sync::atomic::Ordering::Relaxed)
+            || is_socket(&self.socket))
     }
 
     fn metadata<'a>(&'a self, info: &'a ContainerInfo) -> MetadataFuture<'a> {

@@ -166,7 +166,16 @@ pub fn spawn(
                         .binary_search_by(|c| (*c.path).cmp(&path))
                         .ok()
                         .map(|i| &snapshot.containers[i]);
-                    let changed = current.is_some_and(|c| c.is_live() && c.metadata.as_deref() != Some(&md));
+                    // A runtime that is restarting or briefly down must not
+                    // take away labels it gave: that would end every series
+                    // of its containers and start unlabelled ones.
+                    let keep = current.is_some_and(|c| {
+                        c.metadata.as_deref().is_some_and(|m| {
+                            m.provider != "path" && (!final_answer || md.provider == "path")
+                        })
+                    });
+                    let changed = !keep
+                        && current.is_some_and(|c| c.is_live() && c.metadata.as_deref() != Some(&md));
                     if changed {
                         let msg = Msg::Metadata { path, metadata: Arc::new(md) };
                         if tx.send(msg).await.is_err() {
