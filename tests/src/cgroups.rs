@@ -65,6 +65,20 @@ impl CgroupTree {
         Ok(())
     }
 
+    /// Starts `script` under `sh -c` inside `rel` in every hierarchy
+    /// listed (the shell joins them before it runs the script).
+    pub fn spawn_in(&self, hierarchies: &[&str], rel: &str, script: &str) -> std::process::Child {
+        let join: String = hierarchies
+            .iter()
+            .map(|h| format!("echo $$ > {}/cgroup.procs && ", self.dir(h, rel).display()))
+            .collect();
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{join}{script}"))
+            .spawn()
+            .expect("starting sh")
+    }
+
     /// Every cgroup path under the prefix that exists in `hierarchy`.
     pub fn existing(&self, hierarchy: &str) -> Vec<String> {
         let mut out = Vec::new();

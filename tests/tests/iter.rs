@@ -3,11 +3,7 @@
 //! before and just after it (bracketed), for hundreds of real cgroups.
 
 use std::{
-    collections::HashMap,
-    fs,
-    os::unix::fs::MetadataExt as _,
-    path::Path,
-    process::{Child, Command},
+    collections::HashMap, fs, os::unix::fs::MetadataExt as _, path::Path, process::Command,
     time::Duration,
 };
 
@@ -62,18 +58,6 @@ fn gate(test: &str) -> bool {
     true
 }
 
-fn spawn_in(tree: &CgroupTree, hierarchies: &[&str], rel: &str, script: &str) -> Child {
-    let join: String = hierarchies
-        .iter()
-        .map(|h| format!("echo $$ > {}/cgroup.procs && ", tree.dir(h, rel).display()))
-        .collect();
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("{join}{script}"))
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn iterator_values_equal_the_cgroup_files() {
     let test = "iterator_values_equal_the_cgroup_files";
@@ -97,8 +81,7 @@ fn iterator_values_equal_the_cgroup_files() {
         // A tenth allocate and keep some memory; a tenth burn CPU; the rest
         // are idle.
         match i % 10 {
-            1 => children.push(spawn_in(
-                &tree,
+            1 => children.push(tree.spawn_in(
                 &hs,
                 &rel,
                 &format!(
@@ -106,8 +89,7 @@ fn iterator_values_equal_the_cgroup_files() {
                     4 + i % 7
                 ),
             )),
-            2 => children.push(spawn_in(
-                &tree,
+            2 => children.push(tree.spawn_in(
                 &hs,
                 &rel,
                 "exec timeout 120 sh -c 'while :; do :; done'",
@@ -133,28 +115,22 @@ fn iterator_values_equal_the_cgroup_files() {
         last = now;
         settled
     });
-    let before: Vec<(u64, u64, u64)> = rels
-        .iter()
-        .map(|r| {
-            (
-                cpu(r),
-                mem(r, "memory.usage_in_bytes"),
-                mem(r, "memory.max_usage_in_bytes"),
-            )
-        })
-        .collect();
+    // CPU usage, memory usage and peak of every cgroup, from its files.
+    let files = || -> Vec<(u64, u64, u64)> {
+        rels.iter()
+            .map(|r| {
+                (
+                    cpu(r),
+                    mem(r, "memory.usage_in_bytes"),
+                    mem(r, "memory.max_usage_in_bytes"),
+                )
+            })
+            .collect()
+    };
+    let before = files();
     let (memory, msum) = dump(&tree.dir("memory", ""));
     let (cpuacct, csum) = dump(&tree.dir("cpuacct", ""));
-    let after: Vec<(u64, u64, u64)> = rels
-        .iter()
-        .map(|r| {
-            (
-                cpu(r),
-                mem(r, "memory.usage_in_bytes"),
-                mem(r, "memory.max_usage_in_bytes"),
-            )
-        })
-        .collect();
+    let after = files();
     for s in [&msum, &csum] {
         assert_eq!(s["cgroups"], n + 1, "{s}");
         assert_eq!(s["overflow"], false, "{s}");

@@ -32,15 +32,7 @@ fn prometheus_scrapes_rates_and_sees_removed_series_go() {
     let hs = ["cpu", "cpuacct"];
     let tree = CgroupTree::new("prom", &hs);
     let path = tree.path("");
-    let join: String = hs
-        .iter()
-        .map(|h| format!("echo $$ > {}/cgroup.procs && ", tree.dir(h, "").display()))
-        .collect();
-    let mut burner = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{join}exec timeout 40 sh -c 'while :; do :; done'"))
-        .spawn()
-        .unwrap();
+    let mut burner = tree.spawn_in(&hs, "", "exec timeout 40 sh -c 'while :; do :; done'");
     let rate =
         format!("rate(container_cpu_usage_seconds_total{{id=\"{path}\",cpu=\"total\"}}[10s])");
     let mut last = vec![];

@@ -5,7 +5,7 @@ use std::{
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::Command,
     time::Duration,
 };
 
@@ -21,20 +21,6 @@ fn agent() -> Agent {
         "--max-housekeeping-interval",
         "1s",
     ])
-}
-
-/// Starts `script` under `sh -c` inside the tree's `rel` cgroup in every
-/// hierarchy listed.
-fn spawn_in(tree: &CgroupTree, hierarchies: &[&str], rel: &str, script: &str) -> Child {
-    let join: String = hierarchies
-        .iter()
-        .map(|h| format!("echo $$ > {}/cgroup.procs && ", tree.dir(h, rel).display()))
-        .collect();
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("{join}{script}"))
-        .spawn()
-        .unwrap()
 }
 
 fn read_u64(path: PathBuf) -> u64 {
@@ -68,7 +54,7 @@ fn cpu_usage_matches_cpuacct_and_the_burners_own_time() {
     let tree = CgroupTree::new("cpu", &hs);
     let path = tree.path("");
     // A 3 s busy loop; the shell execs into it so its rusage is the loop's.
-    let child = spawn_in(&tree, &hs, "", "exec timeout 3 sh -c 'while :; do :; done'");
+    let child = tree.spawn_in(&hs, "", "exec timeout 3 sh -c 'while :; do :; done'");
     let pid = child.id() as i32;
     let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -121,8 +107,7 @@ fn memory_usage_matches_the_memory_files() {
     let hs = ["memory", "pids", "cpu"];
     let tree = CgroupTree::new("mem", &hs);
     let path = tree.path("");
-    let mut child = spawn_in(
-        &tree,
+    let mut child = tree.spawn_in(
         &hs,
         "",
         "exec python3 -c \"import time; b = b'x' * (100 << 20); time.sleep(60)\"",
@@ -211,8 +196,7 @@ fn direct_writes_show_up_in_fs_writes_bytes() {
     )
     .unwrap();
     let file = dir.join(format!("direct-{}", std::process::id()));
-    let mut child = spawn_in(
-        &tree,
+    let mut child = tree.spawn_in(
         &hs,
         "",
         &format!(
@@ -336,7 +320,7 @@ fn traffic_from_a_network_namespace_shows_up_in_transmit_bytes() {
         "exec ip netns exec {} python3 -c \"import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'x' * 1000, ('{peer}', 9)) for _ in range(2000)]; time.sleep(30)\"",
         ns.0
     );
-    let mut child = spawn_in(&tree, &hs, "", &script);
+    let mut child = tree.spawn_in(&hs, "", &script);
     wait_for(
         "transmit bytes of the namespace's veth",
         Duration::from_secs(20),

@@ -154,18 +154,23 @@ pub(super) fn metric(agent: &BenchAgent, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Opens and reads `files` of cgroup `i` of the fleet once.
+fn read_files(fleet: &Fleet, i: usize, files: &[(&str, &str)], buf: &mut Vec<u8>) {
+    for (h, file) in files {
+        buf.clear();
+        if let Ok(mut f) = fs::File::open(fleet.dir(h, i).join(file)) {
+            let _ = f.read_to_end(buf);
+        }
+    }
+}
+
 /// The floor: open and read every file once per cgroup, plus the fd
 /// directory listing; µs of CPU per cgroup.
 fn floor(fleet: &Fleet) -> f64 {
     let mut buf = Vec::with_capacity(8192);
     let start = cpu_seconds_self();
     for i in 0..fleet.n {
-        for (h, file) in FILES {
-            buf.clear();
-            if let Ok(mut f) = fs::File::open(fleet.dir(h, i).join(file)) {
-                let _ = f.read_to_end(&mut buf);
-            }
-        }
+        read_files(fleet, i, FILES, &mut buf);
         let pid = fleet.sleepers[i].id();
         let _ = fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count());
         let _ = fs::metadata(format!("/proc/{pid}/ns/net"));
@@ -202,12 +207,7 @@ fn iter_vs_files(bin: &Path, fleet: &Fleet) -> Result<(f64, f64, f64)> {
     let mut files = || {
         let start = cpu_seconds_self();
         for i in 0..fleet.n {
-            for (h, file) in ITER_FILES {
-                buf.clear();
-                if let Ok(mut f) = fs::File::open(fleet.dir(h, i).join(file)) {
-                    let _ = f.read_to_end(&mut buf);
-                }
-            }
+            read_files(fleet, i, ITER_FILES, &mut buf);
         }
         cpu_seconds_self() - start
     };
