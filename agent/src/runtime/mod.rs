@@ -171,7 +171,7 @@ pub fn spawn(
                     // of its containers and start unlabelled ones.
                     let keep = current.is_some_and(|c| {
                         c.metadata.as_deref().is_some_and(|m| {
-                            m.provider != "path" && (!final_answer || md.provider == "path")
+                            m.provider != path::NAME && (!final_answer || md.provider == path::NAME)
                         })
                     });
                     let changed = !keep

@@ -4,6 +4,9 @@
 use super::{Metadata, MetadataFuture, Provider};
 use crate::registry::ContainerInfo;
 
+/// The provider name in `Metadata::provider`: labels from the path only.
+pub const NAME: &str = "path";
+
 #[derive(Debug, Default)]
 pub struct PathProvider;
 
@@ -11,7 +14,7 @@ pub fn from_path(info: &ContainerInfo) -> Metadata {
     let id = &info.identity;
     let mut md = Metadata {
         name: id.container_id.clone().unwrap_or_default(),
-        provider: "path",
+        provider: NAME,
         ..Metadata::default()
     };
     if let Some(uid) = &id.pod_uid {
@@ -23,7 +26,7 @@ pub fn from_path(info: &ContainerInfo) -> Metadata {
 
 impl Provider for PathProvider {
     fn name(&self) -> &'static str {
-        "path"
+        NAME
     }
 
     fn claims(&self, _info: &ContainerInfo) -> bool {
