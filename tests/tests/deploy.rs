@@ -291,7 +291,7 @@ fn kubernetes_manifests_render_validate_and_agree() {
             if !check.join("node_modules").exists() {
                 assert!(
                     !strict(),
-                    "tests/deploy-check needs `npm ci` (.ci/run runs it)"
+                    "tests/deploy-check needs `npm ci` (cargo xtask test runs it where npm is installed)"
                 );
                 eprintln!("SKIPPED monitor schemas: run `npm ci --prefix tests/deploy-check`");
                 continue;

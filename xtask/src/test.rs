@@ -38,6 +38,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             .arg(&no_ebpf)
             .env("CGSCOPE_EBPF_DIR", &empty),
     )?;
+    deploy_check_modules(root)?;
     // A short, fixed budget here; `cargo xtask fuzz` runs longer on demand.
     // First, so the test summary is the run's last line.
     crate::fuzz::run(root, 30)?;
@@ -78,6 +79,29 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+/// The Prometheus Operator schemas the deploy tests validate against
+/// (`tests/deploy-check`, pinned by its lock file), installed once.
+fn deploy_check_modules(root: &Path) -> Result<()> {
+    let dir = root.join("tests/deploy-check");
+    if dir.join("node_modules").exists() {
+        return Ok(());
+    }
+    if std::process::Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("xtask: no npm: the deploy tests cannot check the ServiceMonitor's schema");
+        return Ok(());
+    }
+    cmd::run(std::process::Command::new("npm").current_dir(&dir).args([
+        "ci",
+        "--silent",
+        "--no-audit",
+        "--no-fund",
+    ]))
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
