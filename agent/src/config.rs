@@ -35,6 +35,14 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = OomSource::Auto)]
     pub oom_source: OomSource,
 
+    /// How memory usage, max usage, limits and cpuacct usage are read: an
+    /// eBPF cgroup iterator pass per hierarchy (`iter`), their cgroup files
+    /// (`files`), or `auto`: the iterator if it loads and agrees with the
+    /// files on a sample of cgroups at start, the files otherwise. Every
+    /// other value is read from files in all modes.
+    #[arg(long, value_enum, default_value_t = CollectorMode::Auto)]
+    pub collector: CollectorMode,
+
     /// The kernel log to parse for OOM kills: /dev/kmsg (followed from its
     /// end), or a file of records in the same format (read from its start
     /// and followed).
@@ -154,6 +162,13 @@ pub enum OomSource {
     Auto,
     Ebpf,
     Kmsg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CollectorMode {
+    Auto,
+    Iter,
+    Files,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -29,8 +29,8 @@ use tracing_subscriber::{fmt, EnvFilter};
 use crate::{
     cache::StatsCache,
     cgroup::{container::Context, hierarchy::Hierarchies},
-    collect::{network::NetworkReader, Cadence, Collector},
-    config::{Config, DiscoveryMode, Groups, LogFormat, OomSource},
+    collect::{iter::IterSource, network::NetworkReader, Cadence, Collector},
+    config::{CollectorMode, Config, DiscoveryMode, Groups, LogFormat, OomSource},
     devices::DeviceNames,
     discovery::{DiscoveryStats, Filter},
     ebpf::Kernel,
@@ -40,7 +40,7 @@ use crate::{
     machine::{MachineInfo, MachinePaths},
     oom::OomStats,
     registry::{Msg, Registry},
-    status::{Mode, Status, DISCOVERY_MODES},
+    status::{Mode, Status, COLLECTOR_MODES, DISCOVERY_MODES},
 };
 
 fn main() -> Result<()> {
@@ -185,6 +185,13 @@ async fn run(config: Config) -> Result<()> {
         }
     };
 
+    let (collector_mode, iter) = choose_collector(
+        &config,
+        started.iter.take(),
+        started.iter_unavailable.take(),
+        &hierarchies,
+    )
+    .await?;
     let kernel = started.kernel;
     let status = Arc::new(Status {
         modes: vec![
@@ -198,13 +205,18 @@ async fn run(config: Config) -> Result<()> {
                 active: oom,
                 choices: oom::OOM_MODES,
             },
+            Mode {
+                subsystem: "collector",
+                active: collector_mode,
+                choices: COLLECTOR_MODES,
+            },
         ],
         ebpf_programs: kernel
             .as_ref()
             .map(|k| k.attached().to_vec())
             .unwrap_or_default(),
     });
-    tracing::info!(discovery, oom, "modes chosen");
+    tracing::info!(discovery, oom, collector = collector_mode, "modes chosen");
 
     let runtime_errors = Arc::new(ErrorCounts::new("runtime"));
     let cri_endpoint = config
@@ -252,6 +264,7 @@ async fn run(config: Config) -> Result<()> {
         network: NetworkReader::new(&config.proc_root),
         errors: ErrorCounts::new("collection"),
         stats: Default::default(),
+        iter,
     });
     collect::spawn(
         collector.clone(),
@@ -352,52 +365,60 @@ struct Started {
     discovery: &'static str,
     /// The OOM program is attached.
     oom_ebpf: bool,
+    /// The cgroup iterator, loaded (not yet checked).
+    iter: Option<ebpf::iter::CgroupIter>,
+    /// Why the iterator is not there, when it was wanted.
+    iter_unavailable: Option<String>,
 }
 
 /// Loads the eBPF object when a subsystem asks for it and attaches each
 /// subsystem's programs. In `auto`, any failure falls back with one log
-/// line; an explicit `ebpf` fails the start with the reason.
+/// line; an explicit `ebpf` (`iter`) fails the start with the reason.
 fn start_ebpf(config: &Config) -> Result<Started> {
     let want_discovery = config.discovery != DiscoveryMode::Inotify;
     let want_oom = config.oom_source != OomSource::Kmsg;
-    let forced = |what: &str| match what {
-        "discovery" => config.discovery == DiscoveryMode::Ebpf,
-        _ => config.oom_source == OomSource::Ebpf,
-    };
+    let want_iter = config.collector != CollectorMode::Files;
+    let forced = [
+        ("--discovery ebpf", config.discovery == DiscoveryMode::Ebpf),
+        ("--oom-source ebpf", config.oom_source == OomSource::Ebpf),
+        ("--collector iter", config.collector == CollectorMode::Iter),
+    ];
     let mut started = Started {
         kernel: None,
         discovery: "inotify",
         oom_ebpf: false,
+        iter: None,
+        iter_unavailable: None,
     };
-    if !want_discovery && !want_oom {
+    if !want_discovery && !want_oom && !want_iter {
         return Ok(started);
     }
     let mut kernel = if ebpf::embedded_object().is_none() {
-        for what in ["discovery", "oom"] {
-            if forced(what) {
-                bail!(
-                    "--{} ebpf: {}",
-                    if what == "oom" { "oom-source" } else { what },
-                    ebpf::EbpfError::NoObject
-                );
-            }
+        if let Some((flag, _)) = forced.iter().find(|f| f.1) {
+            bail!("{flag}: {}", ebpf::EbpfError::NoObject);
         }
         tracing::warn!(
             "this cgscope was built without its eBPF object: running in fallback mode \
-             (inotify discovery, /dev/kmsg for OOM kills); build it with `cargo xtask build-ebpf`"
+             (inotify discovery, /dev/kmsg for OOM kills, cgroup files for every value); \
+             build it with `cargo xtask build-ebpf`"
         );
+        started.iter_unavailable = Some(ebpf::EbpfError::NoObject.to_string());
         return Ok(started);
     } else {
         ebpf::raise_memlock_rlimit();
-        match Kernel::load() {
+        let capacity = if want_iter {
+            agent_common::STATS_CAPACITY
+        } else {
+            0
+        };
+        match Kernel::load_with(capacity) {
             Ok(k) => k,
             Err(e) => {
-                for what in ["discovery", "oom"] {
-                    if forced(what) {
-                        return Err(e).context(format!("eBPF required for {what}"));
-                    }
+                if let Some((flag, _)) = forced.iter().find(|f| f.1) {
+                    return Err(e).context(format!("{flag}: eBPF required"));
                 }
-                tracing::warn!(error = %e, "eBPF not available: falling back to inotify discovery and /dev/kmsg for OOM kills");
+                tracing::warn!(error = %e, "eBPF not available: falling back to inotify discovery, /dev/kmsg for OOM kills and cgroup files for every value");
+                started.iter_unavailable = Some(e.to_string());
                 return Ok(started);
             }
         }
@@ -405,7 +426,7 @@ fn start_ebpf(config: &Config) -> Result<Started> {
     if want_discovery {
         match kernel.attach_cgroup() {
             Ok(()) => started.discovery = "ebpf",
-            Err(e) if forced("discovery") => return Err(e).context("--discovery ebpf"),
+            Err(e) if forced[0].1 => return Err(e).context("--discovery ebpf"),
             Err(e) => {
                 tracing::warn!(error = %e, "eBPF discovery not available: falling back to inotify")
             }
@@ -417,14 +438,67 @@ fn start_ebpf(config: &Config) -> Result<Started> {
                 tracing::info!(?program, "OOM kills observed in the kernel");
                 started.oom_ebpf = true;
             }
-            Err(e) if forced("oom") => return Err(e).context("--oom-source ebpf"),
+            Err(e) if forced[1].1 => return Err(e).context("--oom-source ebpf"),
             Err(e) => {
                 tracing::warn!(error = %e, "eBPF OOM source not available: falling back to /dev/kmsg")
             }
         }
     }
+    if want_iter {
+        match ebpf::iter::CgroupIter::new(&mut kernel) {
+            Ok(it) => started.iter = Some(it),
+            Err(e) if forced[2].1 => return Err(e).context("--collector iter"),
+            Err(e) => started.iter_unavailable = Some(e.to_string()),
+        }
+    }
     started.kernel = Some(kernel);
     Ok(started)
+}
+
+/// The collector's mode: the iterator if it is there and agrees with the
+/// files (or is forced), the files otherwise.
+async fn choose_collector(
+    config: &Config,
+    iter: Option<ebpf::iter::CgroupIter>,
+    unavailable: Option<String>,
+    hierarchies: &Hierarchies,
+) -> Result<(&'static str, Option<IterSource>)> {
+    let forced = config.collector == CollectorMode::Iter;
+    if config.collector == CollectorMode::Files {
+        return Ok(("files", None));
+    }
+    let why = match iter.map(|it| IterSource::new(it, hierarchies)) {
+        Some(Some(mut source)) => {
+            let checked = tokio::task::spawn_blocking(move || {
+                let report = source.self_check();
+                (source, report)
+            })
+            .await
+            .context("the collector's self-check panicked")?;
+            match checked {
+                (source, Ok(report)) => {
+                    tracing::info!(
+                        cgroups = report.cgroups,
+                        values = %report.fields,
+                        "the eBPF cgroup iterator agrees with the cgroup files: collecting those values with it"
+                    );
+                    return Ok(("iter", Some(source)));
+                }
+                (source, Err(mismatch)) if forced => {
+                    tracing::error!(%mismatch, "--collector iter: the eBPF cgroup iterator disagrees with the cgroup files; using it as asked");
+                    return Ok(("iter", Some(source)));
+                }
+                (_, Err(mismatch)) => format!("it disagrees with the cgroup files: {mismatch}"),
+            }
+        }
+        Some(None) => "no hierarchy holds the memory or cpuacct controller".to_owned(),
+        None => unavailable.unwrap_or_else(|| "not loaded".to_owned()),
+    };
+    if forced {
+        bail!("--collector iter: the eBPF cgroup iterator cannot be used: {why}");
+    }
+    tracing::warn!("eBPF cgroup iterator not used ({why}): reading every value from cgroup files");
+    Ok(("files", None))
 }
 
 fn spawn_machine_refresh(config: &Config) -> watch::Receiver<Option<Arc<MachineInfo>>> {

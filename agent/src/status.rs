@@ -18,3 +18,5 @@ pub struct Status {
 }
 
 pub const DISCOVERY_MODES: &[&str] = &["ebpf", "inotify"];
+
+pub const COLLECTOR_MODES: &[&str] = &["iter", "files"];

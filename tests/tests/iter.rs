@@ -207,3 +207,138 @@ fn a_hierarchy_larger_than_a_seq_page_is_read_completely() {
         assert!(records.contains_key(&id), "c{i} missing");
     }
 }
+
+/// `series line → value` for every series of the tree's cgroups, except
+/// what two agents cannot share: when each last saw a container, and
+/// network counters (these cgroups' tasks are in the host's namespace,
+/// whose traffic never stops).
+fn tree_series(body: &str, prefix: &str) -> HashMap<String, String> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&format!("id=\"{prefix}")))
+        .filter(|l| !l.starts_with("container_last_seen") && !l.starts_with("container_network_"))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+fn agent_counter(agent: &tests::Agent, name: &str) -> f64 {
+    let body = agent.get("/metrics/agent", None).unwrap().body;
+    tests::Metrics(body).value(name, &[]).unwrap_or(0.0)
+}
+
+#[test]
+fn files_and_iterator_collectors_serve_the_same_metrics() {
+    let test = "files_and_iterator_collectors_serve_the_same_metrics";
+    if !gate(test) {
+        return;
+    }
+    let hs = tests::cgroups::HIERARCHIES;
+    let tree = CgroupTree::new("collectors", hs);
+    let mut children = Vec::new();
+    for i in 0..40 {
+        let rel = format!("c{i}");
+        tree.mkdir(&rel).unwrap();
+        let memory = tree.dir("memory", &rel);
+        if i % 4 == 0 {
+            fs::write(
+                memory.join("memory.limit_in_bytes"),
+                format!("{}", (64 + i) << 20),
+            )
+            .unwrap();
+            fs::write(
+                memory.join("memory.memsw.limit_in_bytes"),
+                format!("{}", (128 + i) << 20),
+            )
+            .unwrap();
+        }
+        // Every cgroup ends up still, so both agents can be compared
+        // exactly: some first burn CPU for a while, some hold memory.
+        let script = match i % 4 {
+            1 => "timeout 2 sh -c 'while :; do :; done'; exec sleep 300".to_owned(),
+            2 => format!(
+                "exec python3 -c 'import time; b = bytearray({} << 20); time.sleep(300)'",
+                2 + i % 5
+            ),
+            _ => "exec sleep 300".to_owned(),
+        };
+        children.push(tree.spawn_in(&["cpu", "cpuacct", "memory", "pids"], &rel, &script));
+    }
+    let args = |mode: &'static str| {
+        [
+            "--collector",
+            mode,
+            "--housekeeping-interval",
+            "1s",
+            "--max-housekeeping-interval",
+            "1s",
+        ]
+    };
+    let files = tests::Agent::start(&args("files"));
+    let iter = tests::Agent::start(&args("iter"));
+    let mode = |a: &tests::Agent, m: &str| {
+        let body = a.get("/metrics/agent", None).unwrap().body;
+        tests::Metrics(body).value("cgscope_mode", &[("subsystem", "collector"), ("mode", m)])
+    };
+    assert_eq!(mode(&files, "files"), Some(1.0));
+    assert_eq!(mode(&iter, "iter"), Some(1.0), "{}", iter.log());
+    assert!(
+        iter.log().contains("agrees with the cgroup files"),
+        "the self-check ran:\n{}",
+        iter.log()
+    );
+
+    // Each series must, at some point, show the files agent's value twice
+    // in a row with the iterator agent's value in between: a value the
+    // iterator gets wrong never does.
+    let prefix = tree.path("");
+    let mut pending: Option<HashMap<String, (String, String)>> = None;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(1500));
+        let a1 = tree_series(&files.scrape().0, &prefix);
+        let b = tree_series(&iter.scrape().0, &prefix);
+        let a2 = tree_series(&files.scrape().0, &prefix);
+        if a1.len() < 40 * 10 || b.len() != a1.len() {
+            continue;
+        }
+        let left = pending
+            .get_or_insert_with(|| a1.keys().map(|k| (k.clone(), Default::default())).collect());
+        left.retain(|k, last| {
+            let (x, y, z) = (a1.get(k), b.get(k), a2.get(k));
+            if x.is_some() && x == y && y == z {
+                return false;
+            }
+            *last = (format!("{x:?} then {z:?}"), format!("{y:?}"));
+            true
+        });
+        if left.is_empty() {
+            break;
+        }
+    }
+    let left = pending.expect("both agents served the tree's cgroups");
+    let mut shown: Vec<_> = left.iter().take(10).collect();
+    shown.sort();
+    assert!(
+        left.is_empty(),
+        "{} series differ (files agent, iterator agent): {shown:#?}",
+        left.len()
+    );
+
+    // The iterator agent really read fewer files for the same work.
+    let per = |a: &tests::Agent| {
+        agent_counter(a, "cgscope_collection_files_read_total")
+            / agent_counter(a, "cgscope_collections_total")
+    };
+    let (pf, pi) = (per(&files), per(&iter));
+    assert!(
+        pi < pf - 3.0,
+        "files per collection: files {pf:.1}, iter {pi:.1}"
+    );
+    assert!(agent_counter(&iter, "cgscope_collector_iter_cgroups_total") > 40.0);
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -9,7 +9,7 @@ use std::{
 use super::{
     hierarchy::{Hierarchies, Version},
     read::Reader,
-    stats::{Cpu, Processes, Sample},
+    stats::{Cpu, Known, Processes, Sample},
     v1, v2,
 };
 use crate::{config::Groups, errors::ErrorCounts};
@@ -122,8 +122,15 @@ impl Context {
 }
 
 /// Reads every enabled group's files of one container. Files of disabled
-/// groups are not opened.
-pub fn sample(d: &Dirs, groups: &Groups, ctx: &Context, r: &mut Reader, e: &ErrorCounts) -> Sample {
+/// groups, and files whose values are `known`, are not opened.
+pub fn sample(
+    d: &Dirs,
+    groups: &Groups,
+    ctx: &Context,
+    known: &Known,
+    r: &mut Reader,
+    e: &ErrorCounts,
+) -> Sample {
     let mut s = Sample {
         at: Some(SystemTime::now()),
         ..Sample::default()
@@ -137,7 +144,7 @@ pub fn sample(d: &Dirs, groups: &Groups, ctx: &Context, r: &mut Reader, e: &Erro
             }
         } else {
             if let Some(dir) = &d.cpuacct {
-                v1::cpuacct(dir, r, e, &mut cpu, groups.percpu);
+                v1::cpuacct(dir, r, e, &mut cpu, groups.percpu, known);
             }
             if let Some(dir) = &d.cpu {
                 v1::cpu_stat(dir, r, e, &mut cpu);
@@ -162,9 +169,9 @@ pub fn sample(d: &Dirs, groups: &Groups, ctx: &Context, r: &mut Reader, e: &Erro
     if groups.memory || groups.oom_event {
         if let Some(dir) = &d.memory {
             s.memory = Some(if d.v2 {
-                v2::memory(dir, r, e, &mut s.spec, d.root)
+                v2::memory(dir, r, e, &mut s.spec, d.root, known)
             } else {
-                v1::memory(dir, r, e, &mut s.spec)
+                v1::memory(dir, r, e, &mut s.spec, known)
             });
         }
     }
@@ -251,6 +258,7 @@ mod tests {
             &d,
             &Groups::all(),
             &Context::default(),
+            &Known::default(),
             &mut Reader::default(),
             &e,
         );
@@ -269,7 +277,14 @@ mod tests {
         assert!(d.v2);
         let e = ErrorCounts::new("collection");
         let mut r = Reader::default();
-        let s = sample(&d, &Groups::all(), &Context::default(), &mut r, &e);
+        let s = sample(
+            &d,
+            &Groups::all(),
+            &Context::default(),
+            &Known::default(),
+            &mut r,
+            &e,
+        );
         assert_eq!(s.cpu.as_ref().unwrap().usage_ns, Some(7_654_321_000));
         assert_eq!(s.memory.as_ref().unwrap().events.oom_kill, Some(3));
         assert_eq!(s.pressure.as_ref().unwrap().io.0, Some(123));
@@ -283,7 +298,14 @@ mod tests {
             oom_event: false,
             ..Groups::all()
         };
-        let s = sample(&d, &none, &Context::default(), &mut r, &e);
+        let s = sample(
+            &d,
+            &none,
+            &Context::default(),
+            &Known::default(),
+            &mut r,
+            &e,
+        );
         assert_eq!(r.reads, 0, "a disabled group costs nothing");
         assert!(s.cpu.is_none() && s.memory.is_none());
     }
@@ -306,6 +328,7 @@ mod tests {
             &d,
             &Groups::all(),
             &Context::default(),
+            &Known::default(),
             &mut Reader::default(),
             &e,
         );

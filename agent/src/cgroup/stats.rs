@@ -155,6 +155,20 @@ impl Sample {
     }
 }
 
+/// Values another source (the eBPF cgroup iterator) already read for one
+/// container, so their files are not opened. Limits: `Some(None)` is
+/// unlimited, as the file readers report it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Known {
+    pub cpu_usage_ns: Option<u64>,
+    pub memory_usage: Option<u64>,
+    pub memory_max_usage: Option<u64>,
+    pub memory_limit: Option<Option<u64>>,
+    pub memory_swap_limit: Option<Option<u64>>,
+    /// v2 `memory.swap.current`.
+    pub swap_usage: Option<u64>,
+}
+
 /// v2 `cpu.weight` (1–10000) to v1 shares, as runc and cAdvisor convert.
 pub fn weight_to_shares(weight: u64) -> u64 {
     2 + (weight.saturating_sub(1) * 262_142) / 9_999

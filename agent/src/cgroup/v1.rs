@@ -4,13 +4,22 @@ use std::path::Path;
 
 use super::{
     read::{each_keyed, Reader},
-    stats::{Cpu, DeviceIo, Hugetlb, Memory, Spec},
+    stats::{Cpu, DeviceIo, Hugetlb, Known, Memory, Spec},
 };
 use crate::errors::ErrorCounts;
 
-/// `cpuacct.usage`, `cpuacct.usage_percpu`, `cpuacct.stat`.
-pub fn cpuacct(dir: &Path, r: &mut Reader, e: &ErrorCounts, cpu: &mut Cpu, percpu: bool) {
-    cpu.usage_ns = r.number(&dir.join("cpuacct.usage"), e);
+/// `cpuacct.usage` (unless known), `cpuacct.usage_percpu`, `cpuacct.stat`.
+pub fn cpuacct(
+    dir: &Path,
+    r: &mut Reader,
+    e: &ErrorCounts,
+    cpu: &mut Cpu,
+    percpu: bool,
+    known: &Known,
+) {
+    cpu.usage_ns = known
+        .cpu_usage_ns
+        .or_else(|| r.number(&dir.join("cpuacct.usage"), e));
     if percpu {
         if let Some(text) = r.read(&dir.join("cpuacct.usage_percpu"), e) {
             cpu.per_cpu_ns = text
@@ -57,14 +66,25 @@ pub fn cpu_spec(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec) {
 /// rounds to just under 2^63).
 const UNLIMITED: u64 = 1 << 62;
 
-fn limited(v: Option<u64>) -> Option<u64> {
+pub fn limited(v: Option<u64>) -> Option<u64> {
     v.filter(|&v| v < UNLIMITED)
 }
 
-pub fn memory(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec) -> Memory {
+/// Files whose values are in `known` are not read.
+pub fn memory(
+    dir: &Path,
+    r: &mut Reader,
+    e: &ErrorCounts,
+    spec: &mut Spec,
+    known: &Known,
+) -> Memory {
     let mut m = Memory {
-        usage: r.number(&dir.join("memory.usage_in_bytes"), e),
-        max_usage: r.number(&dir.join("memory.max_usage_in_bytes"), e),
+        usage: known
+            .memory_usage
+            .or_else(|| r.number(&dir.join("memory.usage_in_bytes"), e)),
+        max_usage: known
+            .memory_max_usage
+            .or_else(|| r.number(&dir.join("memory.max_usage_in_bytes"), e)),
         failcnt: r.number(&dir.join("memory.failcnt"), e),
         kernel: r.number(&dir.join("memory.kmem.usage_in_bytes"), e),
         ..Memory::default()
@@ -123,8 +143,12 @@ pub fn memory(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec) -> M
         });
     }
     spec.has_memory = true;
-    spec.memory_limit = limited(r.number(&dir.join("memory.limit_in_bytes"), e));
-    spec.memory_swap_limit = limited(r.number(&dir.join("memory.memsw.limit_in_bytes"), e));
+    spec.memory_limit = known
+        .memory_limit
+        .unwrap_or_else(|| limited(r.number(&dir.join("memory.limit_in_bytes"), e)));
+    spec.memory_swap_limit = known
+        .memory_swap_limit
+        .unwrap_or_else(|| limited(r.number(&dir.join("memory.memsw.limit_in_bytes"), e)));
     spec.memory_reservation = limited(r.number(&dir.join("memory.soft_limit_in_bytes"), e));
     m
 }
@@ -238,7 +262,14 @@ mod tests {
     fn cpu_files() {
         let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
         let mut cpu = Cpu::default();
-        cpuacct(&dir("cpuacct"), &mut r, &e, &mut cpu, true);
+        cpuacct(
+            &dir("cpuacct"),
+            &mut r,
+            &e,
+            &mut cpu,
+            true,
+            &Known::default(),
+        );
         cpu_stat(&dir("cpu"), &mut r, &e, &mut cpu);
         assert_eq!(cpu.usage_ns, Some(3_012_345_678));
         assert_eq!(cpu.per_cpu_ns, [1_500_000_000, 1_512_345_678]);
@@ -265,7 +296,7 @@ mod tests {
     fn memory_files() {
         let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
         let mut spec = Spec::default();
-        let m = memory(&dir("memory"), &mut r, &e, &mut spec);
+        let m = memory(&dir("memory"), &mut r, &e, &mut spec, &Known::default());
         assert_eq!(m.usage, Some(105_906_176));
         assert_eq!(m.cache, Some(4096), "total_cache wins over cache");
         assert_eq!(m.rss, Some(104_857_600));
@@ -276,6 +307,43 @@ mod tests {
         assert_eq!(spec.memory_limit, Some(67_108_864));
         assert_eq!(spec.memory_swap_limit, None, "unlimited");
         assert!(e.snapshot().is_empty(), "{:?}", e.snapshot());
+    }
+
+    #[test]
+    fn known_values_are_not_read_again() {
+        let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
+        let known = Known {
+            cpu_usage_ns: Some(7),
+            memory_usage: Some(1),
+            memory_max_usage: Some(2),
+            memory_limit: Some(None),
+            memory_swap_limit: Some(Some(3)),
+            swap_usage: None,
+        };
+        let mut spec = Spec::default();
+        let m = memory(&dir("memory"), &mut r, &e, &mut spec, &known);
+        assert_eq!((m.usage, m.max_usage), (Some(1), Some(2)));
+        assert_eq!((spec.memory_limit, spec.memory_swap_limit), (None, Some(3)));
+        assert_eq!(m.rss, Some(104_857_600), "memory.stat is still read");
+        let mut cpu = Cpu::default();
+        let before = r.reads;
+        cpuacct(&dir("cpuacct"), &mut r, &e, &mut cpu, false, &known);
+        assert_eq!(
+            (cpu.usage_ns, r.reads - before),
+            (Some(7), 1),
+            "cpuacct.stat only"
+        );
+        let mut full = Reader::default();
+        memory(
+            &dir("memory"),
+            &mut full,
+            &e,
+            &mut Spec::default(),
+            &Known::default(),
+        );
+        let mut fewer = Reader::default();
+        memory(&dir("memory"), &mut fewer, &e, &mut Spec::default(), &known);
+        assert_eq!(full.reads - fewer.reads, 4);
     }
 
     #[test]
@@ -299,7 +367,13 @@ mod tests {
         std::fs::write(tmp.path().join("memory.usage_in_bytes"), "").unwrap();
         std::fs::write(tmp.path().join("memory.stat"), "cache 1\ntruncated\n").unwrap();
         let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
-        let m = memory(tmp.path(), &mut r, &e, &mut Spec::default());
+        let m = memory(
+            tmp.path(),
+            &mut r,
+            &e,
+            &mut Spec::default(),
+            &Known::default(),
+        );
         assert_eq!(m.usage, None);
         assert_eq!(m.cache, Some(1));
         assert_eq!(m.working_set(), None, "no made-up zero");

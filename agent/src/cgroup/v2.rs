@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::{
     read::{each_keyed, parse_limit, pressure_totals, Reader},
-    stats::{weight_to_shares, Cpu, DeviceIo, Hugetlb, Memory, Pressure, Spec},
+    stats::{weight_to_shares, Cpu, DeviceIo, Hugetlb, Known, Memory, Pressure, Spec},
 };
 use crate::errors::ErrorCounts;
 
@@ -49,11 +49,25 @@ pub fn cpu_spec(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec) {
     }
 }
 
-pub fn memory(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec, root: bool) -> Memory {
+/// Files whose values are in `known` are not read.
+pub fn memory(
+    dir: &Path,
+    r: &mut Reader,
+    e: &ErrorCounts,
+    spec: &mut Spec,
+    root: bool,
+    known: &Known,
+) -> Memory {
     let mut m = Memory {
-        usage: r.number(&dir.join("memory.current"), e),
-        max_usage: r.number(&dir.join("memory.peak"), e),
-        swap: r.number(&dir.join("memory.swap.current"), e),
+        usage: known
+            .memory_usage
+            .or_else(|| r.number(&dir.join("memory.current"), e)),
+        max_usage: known
+            .memory_max_usage
+            .or_else(|| r.number(&dir.join("memory.peak"), e)),
+        swap: known
+            .swap_usage
+            .or_else(|| r.number(&dir.join("memory.swap.current"), e)),
         ..Memory::default()
     };
     let path = dir.join("memory.stat");
@@ -108,11 +122,17 @@ pub fn memory(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec, root
             *slot = Some(v);
         });
     }
-    if let Some(limit) = r.limit(&dir.join("memory.max"), e) {
+    if let Some(limit) = known
+        .memory_limit
+        .or_else(|| r.limit(&dir.join("memory.max"), e))
+    {
         spec.has_memory = true;
         spec.memory_limit = limit;
     }
-    spec.memory_swap_limit = r.limit(&dir.join("memory.swap.max"), e).flatten();
+    spec.memory_swap_limit = known
+        .memory_swap_limit
+        .or_else(|| r.limit(&dir.join("memory.swap.max"), e))
+        .flatten();
     spec.memory_reservation = r.number(&dir.join("memory.min"), e).filter(|&v| v > 0);
     m
 }
@@ -235,7 +255,14 @@ mod tests {
     fn memory_files() {
         let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
         let mut spec = Spec::default();
-        let m = memory(Path::new(FIXTURES), &mut r, &e, &mut spec, false);
+        let m = memory(
+            Path::new(FIXTURES),
+            &mut r,
+            &e,
+            &mut spec,
+            false,
+            &Known::default(),
+        );
         assert_eq!(m.usage, Some(209_715_200));
         assert_eq!(m.max_usage, Some(268_435_456));
         assert_eq!(

@@ -3,14 +3,20 @@
 //! while its counters do not move, with a little jitter), first right after
 //! it is discovered. File reads run on the blocking pool, one at a time,
 //! so the reactor never waits and a stuck cgroup holds up only itself.
+//!
+//! With the eBPF cgroup iterator (`iter.rs`) containers are instead kept
+//! on a common grid of `--housekeeping-interval` ticks, without jitter:
+//! the containers due at one tick share one pass per hierarchy, which is
+//! what makes the iterator cheap. Their collections still run one by one.
 
+pub mod iter;
 pub mod network;
 pub mod process;
 
 use std::{
     cell::RefCell,
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::{BTreeMap, BinaryHeap, HashMap},
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -21,14 +27,17 @@ use std::{
 
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use self::network::NetworkReader;
+use self::{
+    iter::{IterSource, Round},
+    network::NetworkReader,
+};
 use crate::{
     cache::StatsCache,
     cgroup::{
         container::{self, Context, Dirs},
         hierarchy::Hierarchies,
         read::Reader,
-        stats::Sample,
+        stats::{Known, Sample},
     },
     config::Groups,
     errors::ErrorCounts,
@@ -45,6 +54,17 @@ pub struct Collector {
     pub network: NetworkReader,
     pub errors: ErrorCounts,
     pub stats: CollectStats,
+    /// The eBPF cgroup iterator, when `--collector` chose it.
+    pub iter: Option<IterSource>,
+}
+
+/// One container as the collector sees it.
+#[derive(Debug, Default)]
+pub struct Job {
+    pub path: Arc<str>,
+    pub dirs: Dirs,
+    /// Kernfs id per hierarchy.
+    pub ids: BTreeMap<u32, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -60,13 +80,20 @@ thread_local! {
 }
 
 impl Collector {
-    /// One full sample of one container (blocking).
-    pub fn collect(&self, dirs: &Dirs) -> Sample {
+    /// One full sample of one container (blocking). `round`: the
+    /// iterator passes it shares with the containers due with it.
+    pub fn collect(&self, job: &Job, round: Option<&Round>) -> Sample {
         let start = Instant::now();
+        let dirs = &job.dirs;
+        let known = match &self.iter {
+            Some(it) if !dirs.root => it.known(&job.ids, &job.path, round, &self.errors),
+            _ => Known::default(),
+        };
         let sample = READER.with(|r| {
             let mut r = r.borrow_mut();
             let before = r.reads;
-            let mut s = container::sample(dirs, &self.groups, &self.ctx, &mut r, &self.errors);
+            let mut s =
+                container::sample(dirs, &self.groups, &self.ctx, &known, &mut r, &self.errors);
             if let (true, Some(procs_dir)) =
                 (self.groups.process || self.groups.network, dirs.procs_dir())
             {
@@ -110,8 +137,7 @@ pub struct Cadence {
 }
 
 struct Tracked {
-    dirs: Arc<Dirs>,
-    ids: std::collections::BTreeMap<u32, u64>,
+    job: Arc<Job>,
     interval: Duration,
     /// Bumped on every (re)schedule so stale heap entries are ignored.
     generation: u64,
@@ -129,6 +155,35 @@ const STUCK: Duration = Duration::from_secs(10);
 /// discovery, OOM handling and scrapes are not starved on a small node.
 const CONCURRENCY: usize = 1;
 
+/// When a container is next due.
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    epoch: Instant,
+    base: Duration,
+    /// On the grid of `base` ticks from `epoch` (the iterator's rounds);
+    /// else jittered.
+    grid: bool,
+}
+
+impl Pacing {
+    fn due(&self, now: Instant, interval: Duration, path: &str, seq: u64) -> Instant {
+        if !self.grid {
+            return now + jitter(interval, path, seq);
+        }
+        // The nearest tick, so a collection that ran a little after its
+        // tick keeps that tick's phase rather than slipping a whole one.
+        let base = self.base.as_secs_f64();
+        let ticks = ((now + interval).duration_since(self.epoch).as_secs_f64() / base).round();
+        let mut due = self.epoch + self.base.mul_f64(ticks);
+        while due <= now {
+            due += self.base;
+        }
+        due
+    }
+}
+
+type Done = (Arc<str>, u64, Option<Sample>);
+
 /// Runs the scheduler until the registry goes away.
 pub fn spawn(
     collector: Arc<Collector>,
@@ -136,11 +191,16 @@ pub fn spawn(
     mut registry: watch::Receiver<Arc<Snapshot>>,
     cadence: Cadence,
 ) {
+    let pacing = Pacing {
+        epoch: Instant::now(),
+        base: cadence.base,
+        grid: collector.iter.is_some(),
+    };
     tokio::spawn(async move {
         let mut tracked: HashMap<Arc<str>, Tracked> = HashMap::new();
         let mut heap: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>> = BinaryHeap::new();
         let permits = Arc::new(Semaphore::new(CONCURRENCY));
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Arc<str>, u64, Option<Sample>)>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut seq = 0u64;
         loop {
             let next = heap.peek().map(|Reverse((t, _, _))| *t);
@@ -154,8 +214,9 @@ pub fn spawn(
                 }
                 _ = sleep_until(next) => {
                     let now = Instant::now();
-                    while let Some(Reverse((due, generation, path))) = heap.peek().cloned() {
-                        if due > now {
+                    let mut due = Vec::new();
+                    while let Some(Reverse((at, generation, path))) = heap.peek().cloned() {
+                        if at > now {
                             break;
                         }
                         heap.pop();
@@ -164,31 +225,12 @@ pub fn spawn(
                             continue;
                         }
                         t.in_flight = true;
-                        let (c, d, tx, p) = (collector.clone(), t.dirs.clone(), done_tx.clone(), permits.clone());
-                        tokio::spawn(async move {
-                            let Ok(_permit) = p.acquire_owned().await else { return };
-                            let errors = c.clone();
-                            let work = tokio::task::spawn_blocking(move || c.collect(&d));
-                            // A read that hangs (a frozen cgroup, a stuck
-                            // filesystem) gives its permit back after a
-                            // while, so the other containers go on; its
-                            // thread finishes on its own.
-                            match tokio::time::timeout(STUCK, work).await {
-                                Ok(Ok(sample)) => {
-                                    let _ = tx.send((path, generation, Some(sample)));
-                                }
-                                Ok(Err(_)) => {
-                                    let _ = tx.send((path, generation, None));
-                                }
-                                Err(_) => {
-                                    errors.errors.record(
-                                        "stuck",
-                                        format!("collecting {path} took longer than {STUCK:?}; skipped"),
-                                    );
-                                    let _ = tx.send((path, generation, None));
-                                }
-                            }
-                        });
+                        due.push((t.job.clone(), generation));
+                    }
+                    let round = collector.iter.as_ref().and_then(|it| it.round(due.len()));
+                    for (job, generation) in due {
+                        let (c, tx, p, r) = (collector.clone(), done_tx.clone(), permits.clone(), round.clone());
+                        tokio::spawn(collect_one(c, job, generation, r, p, tx));
                     }
                 }
                 Some((path, generation, sample)) = done_rx.recv() => {
@@ -208,7 +250,7 @@ pub fn spawn(
                         // Failed or stuck: try again at the slowest pace.
                         t.interval = cadence.max;
                         seq += 1;
-                        let due = Instant::now() + jitter(t.interval, &path, seq);
+                        let due = pacing.due(Instant::now(), t.interval, &path, seq);
                         heap.push(Reverse((due, t.generation, path)));
                         continue;
                     };
@@ -217,12 +259,43 @@ pub fn spawn(
                     // Comparing needs no timestamp: keep the stored sample.
                     t.last = Some(cache.push(&path, sample));
                     seq += 1;
-                    let due = Instant::now() + jitter(t.interval, &path, seq);
+                    let due = pacing.due(Instant::now(), t.interval, &path, seq);
                     heap.push(Reverse((due, t.generation, path)));
                 }
             }
         }
     });
+}
+
+async fn collect_one(
+    collector: Arc<Collector>,
+    job: Arc<Job>,
+    generation: u64,
+    round: Option<Arc<Round>>,
+    permits: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Done>,
+) {
+    let Ok(_permit) = permits.acquire_owned().await else {
+        return;
+    };
+    let (c, j) = (collector.clone(), job.clone());
+    let work = tokio::task::spawn_blocking(move || c.collect(&j, round.as_deref()));
+    let path = job.path.clone();
+    // A read that hangs (a frozen cgroup, a stuck filesystem) gives its
+    // permit back after a while, so the other containers go on; its thread
+    // finishes on its own.
+    let sample = match tokio::time::timeout(STUCK, work).await {
+        Ok(Ok(sample)) => Some(sample),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            collector.errors.record(
+                "stuck",
+                format!("collecting {path} took longer than {STUCK:?}; skipped"),
+            );
+            None
+        }
+    };
+    let _ = tx.send((path, generation, sample));
 }
 
 async fn sleep_until(t: Option<Instant>) {
@@ -267,20 +340,22 @@ fn sync(
         }
         let ids_changed = tracked
             .get(&c.path)
-            .is_none_or(|t| t.ids != c.ids || !t.live);
+            .is_none_or(|t| t.job.ids != c.ids || !t.live);
         if ids_changed {
             *seq += 1;
             let t = tracked.entry(c.path.clone()).or_insert_with(|| Tracked {
-                dirs: Arc::new(Dirs::default()),
-                ids: Default::default(),
+                job: Arc::default(),
                 interval: Duration::ZERO,
                 generation: *seq,
                 in_flight: false,
                 live: true,
                 last: None,
             });
-            t.dirs = Arc::new(Dirs::new(&collector.hierarchies, &c.ids, &c.path));
-            t.ids = c.ids.clone();
+            t.job = Arc::new(Job {
+                path: c.path.clone(),
+                dirs: Dirs::new(&collector.hierarchies, &c.ids, &c.path),
+                ids: c.ids.clone(),
+            });
             t.live = true;
             t.generation = *seq;
             heap.push(Reverse((now, t.generation, c.path.clone())));
@@ -295,5 +370,47 @@ fn sync(
     });
     if tracked.capacity() > 64 && tracked.len() < tracked.capacity() / 4 {
         tracked.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iterator_rounds_keep_every_container_on_one_grid() {
+        let epoch = Instant::now();
+        let base = Duration::from_secs(10);
+        let p = Pacing {
+            epoch,
+            base,
+            grid: true,
+        };
+        let secs = |s: f64| epoch + Duration::from_secs_f64(s);
+        // Discovered off the grid: the next tick that is about an interval
+        // away.
+        assert_eq!(p.due(secs(3.0), base, "/a", 1), secs(10.0));
+        assert_eq!(p.due(secs(6.0), base, "/b", 2), secs(20.0));
+        // Collected late in its round: keeps the round's phase.
+        assert_eq!(p.due(secs(10.4), base, "/a", 3), secs(20.0));
+        // Backed off: still on the grid.
+        assert_eq!(p.due(secs(20.2), base * 4, "/a", 4), secs(60.0));
+        // Never in the past.
+        assert!(p.due(secs(20.2), Duration::ZERO, "/a", 5) > secs(20.2));
+    }
+
+    #[test]
+    fn without_the_iterator_containers_are_jittered() {
+        let now = Instant::now();
+        let base = Duration::from_secs(10);
+        let p = Pacing {
+            epoch: now,
+            base,
+            grid: false,
+        };
+        let a = p.due(now, base, "/a", 1);
+        let b = p.due(now, base, "/b", 1);
+        assert!(a >= now + base && a <= now + base.mul_f64(1.1));
+        assert_ne!(a, b, "containers discovered together spread out");
     }
 }

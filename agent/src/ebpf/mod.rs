@@ -119,16 +119,11 @@ pub enum OomProgram {
 
 impl Kernel {
     /// Loads the embedded object with every layout global taken from this
-    /// kernel. Programs are attached separately, per subsystem, so one that
-    /// cannot work here (a layout that does not parse) does not take the
-    /// others down.
-    pub fn load() -> Result<Self, EbpfError> {
-        Self::load_with(0)
-    }
-
-    /// Like [`Self::load`], with room for `iter_capacity` records in the
-    /// cgroup iterator's output (0 when the iterator is not used: its
-    /// array then takes no memory to speak of).
+    /// kernel, with room for `iter_capacity` records in the cgroup
+    /// iterator's output (0 when the iterator is not used: its array then
+    /// takes no memory to speak of). Programs are attached separately, per
+    /// subsystem, so one that cannot work here (a layout that does not
+    /// parse) does not take the others down.
     pub fn load_with(iter_capacity: u32) -> Result<Self, EbpfError> {
         let object = embedded_object().ok_or(EbpfError::NoObject)?;
         let (tracefs, mounted) = tracefs::find_or_mount().map_err(EbpfError::Tracefs)?;

@@ -204,6 +204,42 @@ pub fn encode(encoder: &mut DescriptorEncoder, s: &Sources, snapshot: &Snapshot)
         for (reason, n) in c.errors.snapshot() {
             errors.counter(&[("reason", reason)], n)?;
         }
+        if let Some(it) = &c.iter {
+            let st = &it.stats;
+            let mut passes = Family::new(
+                encoder,
+                "cgscope_collector_iter_passes",
+                "eBPF cgroup iterator passes: over a whole hierarchy (shared by the containers due together) or rooted at one container.",
+                None,
+                MetricType::Counter,
+            )?;
+            passes.counter(&[("scope", "hierarchy")], load(&st.full_passes))?;
+            passes.counter(&[("scope", "container")], load(&st.own_passes))?;
+            Family::new(
+                encoder,
+                "cgscope_collector_iter_pass_seconds",
+                "Wall time of the iterator's passes (the kernel holds cgroup_mutex during each).",
+                None,
+                MetricType::Counter,
+            )?
+            .counter(&NO_LABELS, load(&st.pass_ns) as f64 / 1e9)?;
+            Family::new(
+                encoder,
+                "cgscope_collector_iter_cgroups",
+                "cgroups read by the iterator's passes.",
+                None,
+                MetricType::Counter,
+            )?
+            .counter(&NO_LABELS, load(&st.records))?;
+            Family::new(
+                encoder,
+                "cgscope_collector_iter_overflows",
+                "Passes that met more cgroups than the iterator's output holds (the rest were read from files).",
+                None,
+                MetricType::Counter,
+            )?
+            .counter(&NO_LABELS, load(&st.overflows))?;
+        }
     }
     let mut cache = Family::new(
         encoder,

@@ -140,6 +140,7 @@ fn everything() -> Sources {
         &dirs,
         &Groups::all(),
         &Context::default(),
+        &crate::cgroup::stats::Known::default(),
         &mut Reader::default(),
         &e,
     );
