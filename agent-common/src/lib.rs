@@ -101,6 +101,12 @@ pub const STATS_FLAG_MEMORY: u32 = 1;
 pub const STATS_FLAG_MEMSW: u32 = 2;
 /// Flag: `cpu_usage_ns` is cpuacct's usage summed over the possible CPUs.
 pub const STATS_FLAG_CPUACCT: u32 = 4;
+/// Flag: `mem_soft_limit` is valid (cgroup v1's soft limit, in pages).
+pub const STATS_FLAG_SOFT_LIMIT: u32 = 8;
+/// Flag: `kmem_usage` is valid (cgroup v1's kernel memory counter).
+pub const STATS_FLAG_KMEM: u32 = 16;
+/// Flag: `pids_current` and `pids_limit` are the pids controller's.
+pub const STATS_FLAG_PIDS: u32 = 32;
 /// Header flag: the hierarchy had more cgroups than [`STATS_CAPACITY`].
 pub const STATS_FLAG_OVERFLOW: u32 = 1 << 31;
 
@@ -126,6 +132,13 @@ pub struct CgroupStats {
     pub memsw_max: u64,
     pub memsw_watermark: u64,
     pub cpu_usage_ns: u64,
+    /// `mem_cgroup.memory.failcnt`.
+    pub mem_failcnt: u64,
+    pub mem_soft_limit: u64,
+    /// `mem_cgroup.kmem` usage, in pages.
+    pub kmem_usage: u64,
+    pub pids_current: u64,
+    pub pids_limit: u64,
 }
 
 #[cfg(feature = "user")]

@@ -8,8 +8,8 @@
 //! offset disables the values that need it.
 
 use agent_common::{
-    CgroupStats, STATS_CAPACITY, STATS_FLAG_CPUACCT, STATS_FLAG_MEMORY, STATS_FLAG_MEMSW,
-    STATS_FLAG_OVERFLOW,
+    CgroupStats, STATS_CAPACITY, STATS_FLAG_CPUACCT, STATS_FLAG_KMEM, STATS_FLAG_MEMORY,
+    STATS_FLAG_MEMSW, STATS_FLAG_OVERFLOW, STATS_FLAG_PIDS, STATS_FLAG_SOFT_LIMIT,
 };
 use aya_ebpf::{
     helpers::generated::{bpf_map_lookup_percpu_elem, bpf_probe_read_kernel},
@@ -59,6 +59,12 @@ static IT_MEM_MAX_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static IT_MEM_WATERMARK_OFF: u32 = 0;
 #[unsafe(no_mangle)]
+static IT_MEM_FAILCNT_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_MEM_SOFT_LIMIT_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_KMEM_USAGE_OFF: u32 = 0;
+#[unsafe(no_mangle)]
 static IT_MEMSW_USAGE_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static IT_MEMSW_MAX_OFF: u32 = 0;
@@ -69,6 +75,13 @@ static IT_MEMSW_WATERMARK_OFF: u32 = 0;
 static IT_CGROUP_CPUACCT_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static IT_CPUACCT_USAGE_OFF: u32 = 0;
+/// `cgroup.subsys[pids_cgrp_id]`, and `pids_cgroup.counter`, `.limit`.
+#[unsafe(no_mangle)]
+static IT_CGROUP_PIDS_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_PIDS_COUNTER_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_PIDS_LIMIT_OFF: u32 = 0;
 /// `bpf_array.pptrs`: the per-CPU pointer of `PERCPU_PROBE`'s element.
 #[unsafe(no_mangle)]
 static IT_ARRAY_PPTRS_OFF: u32 = 0;
@@ -150,6 +163,7 @@ unsafe fn fill(cgrp: u64, rec: &mut CgroupStats) -> Result<(), i64> {
         }
         memory(cgrp, rec);
         cpuacct(cgrp, rec);
+        pids(cgrp, rec);
     }
     Ok(())
 }
@@ -167,13 +181,26 @@ unsafe fn memory(cgrp: u64, rec: &mut CgroupStats) {
     }
     let at = |g: &'static u32| css + u64::from(global(g));
     unsafe {
-        if let (Ok(u), Ok(m), Ok(w)) = (
+        if let (Ok(u), Ok(m), Ok(w), Ok(f)) = (
             read::<u64>(at(&IT_MEM_USAGE_OFF)),
             read::<u64>(at(&IT_MEM_MAX_OFF)),
             read::<u64>(at(&IT_MEM_WATERMARK_OFF)),
+            read::<u64>(at(&IT_MEM_FAILCNT_OFF)),
         ) {
-            (rec.mem_usage, rec.mem_max, rec.mem_watermark) = (u, m, w);
+            (rec.mem_usage, rec.mem_max, rec.mem_watermark, rec.mem_failcnt) = (u, m, w, f);
             rec.flags |= STATS_FLAG_MEMORY;
+        }
+        if global(&IT_MEM_SOFT_LIMIT_OFF) != 0 {
+            if let Ok(v) = read::<u64>(at(&IT_MEM_SOFT_LIMIT_OFF)) {
+                rec.mem_soft_limit = v;
+                rec.flags |= STATS_FLAG_SOFT_LIMIT;
+            }
+        }
+        if global(&IT_KMEM_USAGE_OFF) != 0 {
+            if let Ok(v) = read::<u64>(at(&IT_KMEM_USAGE_OFF)) {
+                rec.kmem_usage = v;
+                rec.flags |= STATS_FLAG_KMEM;
+            }
         }
         if global(&IT_MEMSW_USAGE_OFF) != 0 {
             if let (Ok(u), Ok(m), Ok(w)) = (
@@ -246,4 +273,27 @@ unsafe fn cpuacct(cgrp: u64, rec: &mut CgroupStats) {
     }
     rec.cpu_usage_ns = sum;
     rec.flags |= STATS_FLAG_CPUACCT;
+}
+
+unsafe fn pids(cgrp: u64, rec: &mut CgroupStats) {
+    let off = global(&IT_CGROUP_PIDS_OFF);
+    if off == 0 {
+        return;
+    }
+    let Ok(css) = (unsafe { read::<u64>(cgrp + u64::from(off)) }) else {
+        return;
+    };
+    if css == 0 {
+        return;
+    }
+    let at = |g: &'static u32| css + u64::from(global(g));
+    if let (Ok(c), Ok(l)) = unsafe {
+        (
+            read::<u64>(at(&IT_PIDS_COUNTER_OFF)),
+            read::<u64>(at(&IT_PIDS_LIMIT_OFF)),
+        )
+    } {
+        (rec.pids_current, rec.pids_limit) = (c, l);
+        rec.flags |= STATS_FLAG_PIDS;
+    }
 }

@@ -252,6 +252,10 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
                 format!("{}", (128 + i) << 20),
             )
             .unwrap();
+            let soft = memory.join("memory.soft_limit_in_bytes");
+            fs::write(soft, format!("{}", (32 + i) << 20)).unwrap();
+            let pids_max = tree.dir("pids", &rel).join("pids.max");
+            fs::write(pids_max, format!("{}", 50 + i)).unwrap();
         }
         // Every cgroup ends up still, so both agents can be compared
         // exactly: some first burn CPU for a while, some hold memory.
@@ -283,11 +287,26 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
     };
     assert_eq!(mode(&files, "files"), Some(1.0));
     assert_eq!(mode(&iter, "iter"), Some(1.0), "{}", iter.log());
-    assert!(
-        iter.log().contains("agrees with the cgroup files"),
-        "the self-check ran:\n{}",
-        iter.log()
-    );
+    // The self-check saw the tree's cgroups agree on every value.
+    let log = iter.log();
+    let checked = log
+        .lines()
+        .find(|l| l.contains("agrees with the cgroup files"))
+        .unwrap_or_else(|| panic!("the self-check did not pass:\n{log}"));
+    for value in [
+        "cpu_usage",
+        "memory_usage",
+        "memory_max_usage",
+        "memory_limit",
+        "memory_swap_limit",
+        "memory_failcnt",
+        "memory_kernel",
+        "memory_reservation",
+        "pids_current",
+        "pids_max",
+    ] {
+        assert!(checked.contains(value), "{value} not checked: {checked}");
+    }
 
     // Each series must, at some point, show the files agent's value twice
     // in a row with the iterator agent's value in between: a value the

@@ -189,7 +189,7 @@ pub fn sample(
         if let Some(dir) = &d.pids {
             // Same file names in v1 and v2. pids.current (hierarchical) is
             // what cAdvisor exports as threads.
-            (p.threads, p.threads_max) = v1::pids(dir, r, e);
+            (p.threads, p.threads_max) = v1::pids(dir, r, e, known);
         }
         s.processes = Some(p);
     }

@@ -167,6 +167,13 @@ pub struct Known {
     pub memory_swap_limit: Option<Option<u64>>,
     /// v2 `memory.swap.current`.
     pub swap_usage: Option<u64>,
+    pub memory_failcnt: Option<u64>,
+    /// v1 `memory.kmem.usage_in_bytes`.
+    pub memory_kernel: Option<u64>,
+    /// v1 `memory.soft_limit_in_bytes`.
+    pub memory_reservation: Option<Option<u64>>,
+    pub pids_current: Option<u64>,
+    pub pids_max: Option<Option<u64>>,
 }
 
 /// v2 `cpu.weight` (1–10000) to v1 shares, as runc and cAdvisor convert.

@@ -85,8 +85,12 @@ pub fn memory(
         max_usage: known
             .memory_max_usage
             .or_else(|| r.number(&dir.join("memory.max_usage_in_bytes"), e)),
-        failcnt: r.number(&dir.join("memory.failcnt"), e),
-        kernel: r.number(&dir.join("memory.kmem.usage_in_bytes"), e),
+        failcnt: known
+            .memory_failcnt
+            .or_else(|| r.number(&dir.join("memory.failcnt"), e)),
+        kernel: known
+            .memory_kernel
+            .or_else(|| r.number(&dir.join("memory.kmem.usage_in_bytes"), e)),
         ..Memory::default()
     };
     let path = dir.join("memory.stat");
@@ -149,7 +153,9 @@ pub fn memory(
     spec.memory_swap_limit = known
         .memory_swap_limit
         .unwrap_or_else(|| limited(r.number(&dir.join("memory.memsw.limit_in_bytes"), e)));
-    spec.memory_reservation = limited(r.number(&dir.join("memory.soft_limit_in_bytes"), e));
+    spec.memory_reservation = known
+        .memory_reservation
+        .unwrap_or_else(|| limited(r.number(&dir.join("memory.soft_limit_in_bytes"), e)));
     m
 }
 
@@ -227,11 +233,18 @@ pub fn blkio(dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Vec<DeviceIo> {
     devs
 }
 
-/// `pids.current` / `pids.max`.
-pub fn pids(dir: &Path, r: &mut Reader, e: &ErrorCounts) -> (Option<u64>, Option<Option<u64>>) {
+/// `pids.current` / `pids.max` (v1 and v2 alike), unless known.
+pub fn pids(
+    dir: &Path,
+    r: &mut Reader,
+    e: &ErrorCounts,
+    known: &Known,
+) -> (Option<u64>, Option<Option<u64>>) {
     (
-        r.number(&dir.join("pids.current"), e),
-        r.limit(&dir.join("pids.max"), e),
+        known
+            .pids_current
+            .or_else(|| r.number(&dir.join("pids.current"), e)),
+        known.pids_max.or_else(|| r.limit(&dir.join("pids.max"), e)),
     )
 }
 
@@ -318,12 +331,19 @@ mod tests {
             memory_max_usage: Some(2),
             memory_limit: Some(None),
             memory_swap_limit: Some(Some(3)),
-            swap_usage: None,
+            memory_failcnt: Some(4),
+            memory_kernel: Some(5),
+            memory_reservation: Some(Some(6)),
+            ..Known::default()
         };
         let mut spec = Spec::default();
         let m = memory(&dir("memory"), &mut r, &e, &mut spec, &known);
         assert_eq!((m.usage, m.max_usage), (Some(1), Some(2)));
         assert_eq!((spec.memory_limit, spec.memory_swap_limit), (None, Some(3)));
+        assert_eq!(
+            (m.failcnt, m.kernel, spec.memory_reservation),
+            (Some(4), Some(5), Some(6))
+        );
         assert_eq!(m.rss, Some(104_857_600), "memory.stat is still read");
         let mut cpu = Cpu::default();
         let before = r.reads;
@@ -343,7 +363,7 @@ mod tests {
         );
         let mut fewer = Reader::default();
         memory(&dir("memory"), &mut fewer, &e, &mut Spec::default(), &known);
-        assert_eq!(full.reads - fewer.reads, 4);
+        assert_eq!(full.reads - fewer.reads, 7);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The fast path: values the eBPF cgroup iterator reads in the kernel
-//! (memory usage, max usage, limits; cpuacct usage) replace their files in
-//! each collection. The file readers stay the reference: a self-check at
+//! (memory usage, max usage, failcnt, kernel usage, limits; cpuacct usage;
+//! pids current and max) replace their files in each collection. The file readers stay the reference: a self-check at
 //! start compares both, and any value the iterator cannot give (a cgroup
 //! it has not seen, a failed pass) is read from its file as before.
 //!
@@ -20,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{CgroupStats, STATS_FLAG_CPUACCT, STATS_FLAG_MEMORY, STATS_FLAG_MEMSW};
+use agent_common::{
+    CgroupStats, STATS_FLAG_CPUACCT, STATS_FLAG_KMEM, STATS_FLAG_MEMORY, STATS_FLAG_MEMSW,
+    STATS_FLAG_PIDS, STATS_FLAG_SOFT_LIMIT,
+};
 
 use crate::{
     cgroup::{
@@ -37,6 +40,9 @@ use crate::{
 /// collections walk again, so no value is older than this.
 const MAX_AGE: Duration = Duration::from_secs(1);
 
+/// `PID_MAX_LIMIT + 1` on 64-bit kernels.
+const PIDS_MAX: u64 = 4 * 1024 * 1024 + 1;
+
 /// Cgroups the self-check compares per hierarchy.
 const CHECK_SAMPLE: usize = 24;
 
@@ -52,6 +58,7 @@ pub struct Target {
     pub v2: bool,
     pub memory: bool,
     pub cpuacct: bool,
+    pub pids: bool,
 }
 
 impl Target {
@@ -73,8 +80,9 @@ impl Target {
                     v2,
                     memory: x.has("memory"),
                     cpuacct: !v2 && x.has("cpuacct"),
+                    pids: x.has("pids"),
                 };
-                (t.memory || t.cpuacct).then_some(t)
+                (t.memory || t.cpuacct || t.pids).then_some(t)
             })
             .collect()
     }
@@ -84,7 +92,7 @@ impl Target {
     }
 
     /// The [`Fields`] bits this hierarchy's passes give.
-    fn fields(&self) -> u8 {
+    fn fields(&self) -> u16 {
         let mut f = 0;
         if self.memory {
             f |= Fields::MEMORY_USAGE | Fields::MEMORY_LIMIT | Fields::SWAP_LIMIT;
@@ -92,10 +100,16 @@ impl Target {
                 Fields::SWAP_USAGE
             } else {
                 Fields::MEMORY_MAX_USAGE
+                    | Fields::MEMORY_FAILCNT
+                    | Fields::MEMORY_KERNEL
+                    | Fields::MEMORY_RESERVATION
             };
         }
         if self.cpuacct {
             f |= Fields::CPU_USAGE;
+        }
+        if self.pids {
+            f |= Fields::PIDS_CURRENT | Fields::PIDS_MAX;
         }
         f
     }
@@ -103,32 +117,42 @@ impl Target {
 
 /// Which [`Known`] values the iterator gives on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fields(u8);
+pub struct Fields(u16);
 
 impl Fields {
-    pub const CPU_USAGE: u8 = 1;
-    pub const MEMORY_USAGE: u8 = 2;
-    pub const MEMORY_MAX_USAGE: u8 = 4;
-    pub const MEMORY_LIMIT: u8 = 8;
-    pub const SWAP_LIMIT: u8 = 16;
-    pub const SWAP_USAGE: u8 = 32;
-    pub const ALL: Fields = Fields(63);
-    const NAMES: [(u8, &'static str); 6] = [
+    pub const CPU_USAGE: u16 = 1;
+    pub const MEMORY_USAGE: u16 = 1 << 1;
+    pub const MEMORY_MAX_USAGE: u16 = 1 << 2;
+    pub const MEMORY_LIMIT: u16 = 1 << 3;
+    pub const SWAP_LIMIT: u16 = 1 << 4;
+    pub const SWAP_USAGE: u16 = 1 << 5;
+    pub const MEMORY_FAILCNT: u16 = 1 << 6;
+    pub const MEMORY_KERNEL: u16 = 1 << 7;
+    pub const MEMORY_RESERVATION: u16 = 1 << 8;
+    pub const PIDS_CURRENT: u16 = 1 << 9;
+    pub const PIDS_MAX: u16 = 1 << 10;
+    pub const ALL: Fields = Fields((1 << 11) - 1);
+    const NAMES: [(u16, &'static str); 11] = [
         (Self::CPU_USAGE, "cpu_usage"),
         (Self::MEMORY_USAGE, "memory_usage"),
         (Self::MEMORY_MAX_USAGE, "memory_max_usage"),
         (Self::MEMORY_LIMIT, "memory_limit"),
         (Self::SWAP_LIMIT, "memory_swap_limit"),
         (Self::SWAP_USAGE, "swap_usage"),
+        (Self::MEMORY_FAILCNT, "memory_failcnt"),
+        (Self::MEMORY_KERNEL, "memory_kernel"),
+        (Self::MEMORY_RESERVATION, "memory_reservation"),
+        (Self::PIDS_CURRENT, "pids_current"),
+        (Self::PIDS_MAX, "pids_max"),
     ];
 
-    pub fn has(self, f: u8) -> bool {
+    pub fn has(self, f: u16) -> bool {
         self.0 & f != 0
     }
 
     /// Keeps only these fields of `k`; the rest is read from files.
     pub fn mask(self, k: Known) -> Known {
-        let keep = |f: u8| self.has(f);
+        let keep = |f: u16| self.has(f);
         Known {
             cpu_usage_ns: k.cpu_usage_ns.filter(|_| keep(Self::CPU_USAGE)),
             memory_usage: k.memory_usage.filter(|_| keep(Self::MEMORY_USAGE)),
@@ -136,6 +160,13 @@ impl Fields {
             memory_limit: k.memory_limit.filter(|_| keep(Self::MEMORY_LIMIT)),
             memory_swap_limit: k.memory_swap_limit.filter(|_| keep(Self::SWAP_LIMIT)),
             swap_usage: k.swap_usage.filter(|_| keep(Self::SWAP_USAGE)),
+            memory_failcnt: k.memory_failcnt.filter(|_| keep(Self::MEMORY_FAILCNT)),
+            memory_kernel: k.memory_kernel.filter(|_| keep(Self::MEMORY_KERNEL)),
+            memory_reservation: k
+                .memory_reservation
+                .filter(|_| keep(Self::MEMORY_RESERVATION)),
+            pids_current: k.pids_current.filter(|_| keep(Self::PIDS_CURRENT)),
+            pids_max: k.pids_max.filter(|_| keep(Self::PIDS_MAX)),
         }
     }
 }
@@ -175,7 +206,20 @@ fn values(rec: &CgroupStats, t: &Target, page: u64) -> Known {
         } else {
             k.memory_max_usage = Some(bytes(rec.mem_watermark));
             k.memory_limit = Some(v1_limit(rec.mem_max));
+            k.memory_failcnt = Some(rec.mem_failcnt);
         }
+    }
+    if t.memory && !t.v2 && rec.flags & STATS_FLAG_SOFT_LIMIT != 0 {
+        k.memory_reservation = Some(v1_limit(rec.mem_soft_limit));
+    }
+    if t.memory && !t.v2 && rec.flags & STATS_FLAG_KMEM != 0 {
+        k.memory_kernel = Some(bytes(rec.kmem_usage));
+    }
+    if t.pids && rec.flags & STATS_FLAG_PIDS != 0 {
+        k.pids_current = Some(rec.pids_current);
+        // pids.max shows "max" from PIDS_MAX (PID_MAX_LIMIT + 1) up; the
+        // self-check confirms this kernel agrees.
+        k.pids_max = Some((rec.pids_limit < PIDS_MAX).then_some(rec.pids_limit));
     }
     if t.memory && rec.flags & STATS_FLAG_MEMSW != 0 {
         // One page counter: `memsw` on v1, `swap` on v2.
@@ -210,9 +254,18 @@ pub fn reference(t: &Target, dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Kno
         k.memory_swap_limit = r
             .number(&dir.join("memory.memsw.limit_in_bytes"), e)
             .map(|v| limited(Some(v)));
+        k.memory_failcnt = r.number(&dir.join("memory.failcnt"), e);
+        k.memory_kernel = r.number(&dir.join("memory.kmem.usage_in_bytes"), e);
+        k.memory_reservation = r
+            .number(&dir.join("memory.soft_limit_in_bytes"), e)
+            .map(|v| limited(Some(v)));
     }
     if t.cpuacct {
         k.cpu_usage_ns = r.number(&dir.join("cpuacct.usage"), e);
+    }
+    if t.pids {
+        k.pids_current = r.number(&dir.join("pids.current"), e);
+        k.pids_max = r.limit(&dir.join("pids.max"), e);
     }
     k
 }
@@ -225,6 +278,11 @@ fn merge(a: Known, b: Known) -> Known {
         memory_limit: a.memory_limit.or(b.memory_limit),
         memory_swap_limit: a.memory_swap_limit.or(b.memory_swap_limit),
         swap_usage: a.swap_usage.or(b.swap_usage),
+        memory_failcnt: a.memory_failcnt.or(b.memory_failcnt),
+        memory_kernel: a.memory_kernel.or(b.memory_kernel),
+        memory_reservation: a.memory_reservation.or(b.memory_reservation),
+        pids_current: a.pids_current.or(b.pids_current),
+        pids_max: a.pids_max.or(b.pids_max),
     }
 }
 
@@ -253,7 +311,7 @@ fn judge<T: PartialOrd + Copy>(before: Option<T>, iter: Option<T>, after: Option
 }
 
 /// Every field's verdict for one bracket.
-fn bracket(before: &Known, iter: &Known, after: &Known) -> [(u8, Verdict, String); 6] {
+fn bracket(before: &Known, iter: &Known, after: &Known) -> [(u16, Verdict, String); 11] {
     let show = |f: &dyn Fn(&Known) -> String| {
         format!(
             "files {} then {}, iterator {}",
@@ -278,6 +336,11 @@ fn bracket(before: &Known, iter: &Known, after: &Known) -> [(u8, Verdict, String
         field!(Fields::MEMORY_LIMIT, memory_limit),
         field!(Fields::SWAP_LIMIT, memory_swap_limit),
         field!(Fields::SWAP_USAGE, swap_usage),
+        field!(Fields::MEMORY_FAILCNT, memory_failcnt),
+        field!(Fields::MEMORY_KERNEL, memory_kernel),
+        field!(Fields::MEMORY_RESERVATION, memory_reservation),
+        field!(Fields::PIDS_CURRENT, pids_current),
+        field!(Fields::PIDS_MAX, pids_max),
     ]
 }
 
@@ -501,10 +564,16 @@ impl IterSource {
     pub fn self_check(&mut self) -> Result<CheckReport, String> {
         let e = ErrorCounts::new("collection");
         let mut r = Reader::default();
-        let (mut matched, mut mismatch) = (0u8, None);
+        let (mut matched, mut mismatch) = (0u16, None);
         let mut cgroups = 0;
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         for t in self.targets.clone() {
-            let mut sample = sample_dirs(&t.mount, CHECK_SAMPLE);
+            // The agent's own cgroup and its ancestors are left out: there
+            // a file read charges its own buffer (a page of kernel memory)
+            // to the very counters it reads, so the files are the
+            // perturbed side.
+            let mine = own_dir(&own, &t);
+            let mut sample = sample_dirs(&t.mount, CHECK_SAMPLE, mine.as_deref());
             // The root's cpuacct usage is the same sum in the files and
             // the kernel, and always moving: it checks the per-CPU walk
             // even in a hierarchy without children.
@@ -538,7 +607,7 @@ impl IterSource {
                     (None, _) => Known::default(),
                 };
                 let judged = t.fields() & if root { Fields::CPU_USAGE } else { !0 };
-                let failed = |v: &[(u8, Verdict, String); 6]| {
+                let failed = |v: &[(u16, Verdict, String); 11]| {
                     v.iter()
                         .find(|(bit, verdict, _)| {
                             judged & bit != 0 && *verdict == Verdict::Mismatch
@@ -592,9 +661,20 @@ impl IterSource {
     }
 }
 
+/// The agent's directory in `t` (from `/proc/self/cgroup`'s text).
+fn own_dir(proc_self_cgroup: &str, t: &Target) -> Option<PathBuf> {
+    proc_self_cgroup.lines().find_map(|l| {
+        let mut it = l.splitn(3, ':');
+        let id: u32 = it.next()?.parse().ok()?;
+        let _controllers = it.next()?;
+        let path = it.next()?;
+        (id == t.hierarchy).then(|| t.dir(path))
+    })
+}
+
 /// Up to `n` cgroup directories below `root` (not `root` itself),
-/// breadth first, with their kernfs ids.
-fn sample_dirs(root: &Path, n: usize) -> Vec<(PathBuf, u64)> {
+/// breadth first, with their kernfs ids; none that holds `skip`.
+fn sample_dirs(root: &Path, n: usize, skip: Option<&Path>) -> Vec<(PathBuf, u64)> {
     let mut out = Vec::new();
     let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
     while let Some(dir) = queue.pop_front() {
@@ -606,11 +686,16 @@ fn sample_dirs(root: &Path, n: usize) -> Vec<(PathBuf, u64)> {
             if !meta.is_dir() {
                 continue;
             }
+            let path = entry.path();
+            if skip.is_some_and(|s| s.starts_with(&path)) {
+                queue.push_back(path);
+                continue;
+            }
             if out.len() >= n {
                 return out;
             }
-            out.push((entry.path(), meta.ino()));
-            queue.push_back(entry.path());
+            out.push((path.clone(), meta.ino()));
+            queue.push_back(path);
         }
     }
     out
@@ -628,6 +713,7 @@ mod tests {
             v2,
             memory: true,
             cpuacct: !v2,
+            pids: true,
         }
     }
 
@@ -647,6 +733,7 @@ mod tests {
             memsw_max: UNLIMITED_PAGES,
             memsw_watermark: 0,
             cpu_usage_ns: 123,
+            ..CgroupStats::default()
         }
     }
 
@@ -739,6 +826,27 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert!(t[0].v2 && t[0].memory && !t[0].cpuacct);
         assert_eq!(t[0].dir("/a/b"), Path::new("/sys/fs/cgroup/a/b"));
+    }
+
+    #[test]
+    fn the_self_check_leaves_out_the_agents_own_cgroups() {
+        let root = tempfile::tempdir().unwrap();
+        for d in ["a/b", "a/c", "d", "e/f"] {
+            std::fs::create_dir_all(root.path().join(d)).unwrap();
+        }
+        let t = Target {
+            mount: root.path().to_owned(),
+            ..target(false)
+        };
+        let own = own_dir("0::/\n4:memory:/a/b\n2:cpuacct:/x\n", &t).unwrap();
+        assert_eq!(own, root.path().join("a/b"));
+        let mut got: Vec<String> = sample_dirs(root.path(), 10, Some(&own))
+            .into_iter()
+            .map(|(d, _)| d.strip_prefix(root.path()).unwrap().display().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, ["a/c", "d", "e", "e/f"]);
+        assert_eq!(sample_dirs(root.path(), 2, None).len(), 2);
     }
 
     #[test]

@@ -38,11 +38,17 @@ pub struct IterLayout {
     pub mem_usage: u32,
     pub mem_max: u32,
     pub mem_watermark: u32,
+    pub mem_failcnt: u32,
+    pub mem_soft_limit: u32,
+    pub kmem_usage: u32,
     pub memsw_usage: u32,
     pub memsw_max: u32,
     pub memsw_watermark: u32,
     pub cgroup_cpuacct: u32,
     pub cpuacct_usage: u32,
+    pub cgroup_pids: u32,
+    pub pids_counter: u32,
+    pub pids_limit: u32,
     pub array_pptrs: u32,
     pub nr_cpus: u32,
 }
@@ -71,24 +77,41 @@ impl IterLayout {
             css_cgroup: btf.offset("cgroup_subsys_state", &["cgroup"])?,
             ..Self::default()
         };
-        let memory = || -> Result<[u32; 7], BtfError> {
+        let memory = || -> Result<[u32; 10], BtfError> {
             let css = btf.offset("mem_cgroup", &["css"])?;
-            let at = |c: &str, f: &str| btf.offset("mem_cgroup", &[c, f]).map(|o| o - css);
+            let at = |path: &[&str]| btf.offset("mem_cgroup", path).map(|o| o - css);
             Ok([
                 subsys("memory_cgrp_id")?,
-                at("memory", "usage")?,
-                at("memory", "max")?,
-                at("memory", "watermark")?,
-                at("memsw", "usage").unwrap_or(0),
-                at("memsw", "max").unwrap_or(0),
-                at("memsw", "watermark").unwrap_or(0),
+                at(&["memory", "usage"])?,
+                at(&["memory", "max"])?,
+                at(&["memory", "watermark"])?,
+                at(&["memory", "failcnt"])?,
+                // v1-only members (CONFIG_MEMCG_V1): absent disables them.
+                at(&["soft_limit"]).unwrap_or(0),
+                at(&["kmem", "usage"]).unwrap_or(0),
+                at(&["memsw", "usage"]).unwrap_or(0),
+                at(&["memsw", "max"]).unwrap_or(0),
+                at(&["memsw", "watermark"]).unwrap_or(0),
             ])
         };
-        if let Ok([m, u, x, w, su, sx, sw]) = memory() {
-            (l.cgroup_memory, l.mem_usage, l.mem_max, l.mem_watermark) = (m, u, x, w);
+        if let Ok([m, u, x, w, f, soft, kmem, su, sx, sw]) = memory() {
+            (l.cgroup_memory, l.mem_usage, l.mem_max) = (m, u, x);
+            (l.mem_watermark, l.mem_failcnt) = (w, f);
+            (l.mem_soft_limit, l.kmem_usage) = (soft, kmem);
             if su != 0 && sx != 0 && sw != 0 {
                 (l.memsw_usage, l.memsw_max, l.memsw_watermark) = (su, sx, sw);
             }
+        }
+        let pids = || -> Result<[u32; 3], BtfError> {
+            let css = btf.offset("pids_cgroup", &["css"])?;
+            Ok([
+                subsys("pids_cgrp_id")?,
+                btf.offset("pids_cgroup", &["counter"])? - css,
+                btf.offset("pids_cgroup", &["limit"])? - css,
+            ])
+        };
+        if let Ok([p, c, lim]) = pids() {
+            (l.cgroup_pids, l.pids_counter, l.pids_limit) = (p, c, lim);
         }
         // `u64 __percpu *cpuusage` (kernels before 5.x had a struct of two
         // counters there: left to the files).
@@ -113,7 +136,7 @@ impl IterLayout {
         Ok(l)
     }
 
-    pub fn globals(&self) -> [(&'static str, u32); 16] {
+    pub fn globals(&self) -> [(&'static str, u32); 22] {
         [
             ("IT_CGROUP_KN_OFF", self.cgroup_kn),
             ("IT_KN_ID_OFF", self.kn_id),
@@ -124,11 +147,17 @@ impl IterLayout {
             ("IT_MEM_USAGE_OFF", self.mem_usage),
             ("IT_MEM_MAX_OFF", self.mem_max),
             ("IT_MEM_WATERMARK_OFF", self.mem_watermark),
+            ("IT_MEM_FAILCNT_OFF", self.mem_failcnt),
+            ("IT_MEM_SOFT_LIMIT_OFF", self.mem_soft_limit),
+            ("IT_KMEM_USAGE_OFF", self.kmem_usage),
             ("IT_MEMSW_USAGE_OFF", self.memsw_usage),
             ("IT_MEMSW_MAX_OFF", self.memsw_max),
             ("IT_MEMSW_WATERMARK_OFF", self.memsw_watermark),
             ("IT_CGROUP_CPUACCT_OFF", self.cgroup_cpuacct),
             ("IT_CPUACCT_USAGE_OFF", self.cpuacct_usage),
+            ("IT_CGROUP_PIDS_OFF", self.cgroup_pids),
+            ("IT_PIDS_COUNTER_OFF", self.pids_counter),
+            ("IT_PIDS_LIMIT_OFF", self.pids_limit),
             ("IT_ARRAY_PPTRS_OFF", self.array_pptrs),
             ("IT_NR_CPUS", self.nr_cpus),
         ]
@@ -322,6 +351,19 @@ pub fn dump(dir: &Path) -> anyhow::Result<()> {
         if r.flags & agent_common::STATS_FLAG_CPUACCT != 0 {
             v["cpuacct_usage_ns"] = r.cpu_usage_ns.into();
         }
+        if r.flags & agent_common::STATS_FLAG_MEMORY != 0 {
+            v["memory_failcnt"] = r.mem_failcnt.into();
+        }
+        if r.flags & agent_common::STATS_FLAG_SOFT_LIMIT != 0 {
+            v["memory_soft_limit_bytes"] = r.mem_soft_limit.saturating_mul(page).into();
+        }
+        if r.flags & agent_common::STATS_FLAG_KMEM != 0 {
+            v["memory_kmem_usage_bytes"] = (r.kmem_usage * page).into();
+        }
+        if r.flags & agent_common::STATS_FLAG_PIDS != 0 {
+            v["pids_current"] = r.pids_current.into();
+            v["pids_limit"] = r.pids_limit.into();
+        }
         writeln!(out, "{v}")?;
     }
     walls.sort();
@@ -450,6 +492,8 @@ mod tests {
         let l = IterLayout::from_btf(&btf, 2).unwrap();
         assert!(l.cgroup_kn > 0 && l.kn_id > 0 && l.cgroup_level > 0);
         assert!(l.cgroup_memory > 0 && l.mem_usage > 0 && l.mem_max > l.mem_usage);
+        assert!(l.mem_failcnt > 0 && l.mem_soft_limit > 0 && l.kmem_usage > 0);
+        assert!(l.cgroup_pids > 0 && l.pids_limit > l.pids_counter);
         assert_eq!(l.nr_cpus, 2);
     }
 }
