@@ -187,7 +187,12 @@ unsafe fn memory(cgrp: u64, rec: &mut CgroupStats) {
             read::<u64>(at(&IT_MEM_WATERMARK_OFF)),
             read::<u64>(at(&IT_MEM_FAILCNT_OFF)),
         ) {
-            (rec.mem_usage, rec.mem_max, rec.mem_watermark, rec.mem_failcnt) = (u, m, w, f);
+            (
+                rec.mem_usage,
+                rec.mem_max,
+                rec.mem_watermark,
+                rec.mem_failcnt,
+            ) = (u, m, w, f);
             rec.flags |= STATS_FLAG_MEMORY;
         }
         if global(&IT_MEM_SOFT_LIMIT_OFF) != 0 {
