@@ -132,6 +132,8 @@ impl Fields {
     pub const PIDS_CURRENT: u16 = 1 << 9;
     pub const PIDS_MAX: u16 = 1 << 10;
     pub const ALL: Fields = Fields((1 << 11) - 1);
+    /// Values that only grow.
+    const MONOTONIC: u16 = Self::CPU_USAGE | Self::MEMORY_MAX_USAGE | Self::MEMORY_FAILCNT;
     const NAMES: [(u16, &'static str); 11] = [
         (Self::CPU_USAGE, "cpu_usage"),
         (Self::MEMORY_USAGE, "memory_usage"),
@@ -293,15 +295,27 @@ enum Verdict {
     /// No file on this host (or no value from the iterator): left to files.
     Absent,
     Match,
+    /// A gauge that moved between the file reads and lies outside them: it
+    /// may have gone up and down in between, so this proves nothing.
+    Unsettled,
     Mismatch,
 }
 
-fn judge<T: PartialOrd + Copy>(before: Option<T>, iter: Option<T>, after: Option<T>) -> Verdict {
+/// Counters (`monotonic`) must lie within the bracket; a gauge must equal
+/// a value that held still, and within a moving bracket is taken as agreeing.
+fn judge<T: PartialOrd + Copy>(
+    before: Option<T>,
+    iter: Option<T>,
+    after: Option<T>,
+    monotonic: bool,
+) -> Verdict {
     match (before, iter, after) {
         (Some(b), Some(i), Some(a)) => {
             let (lo, hi) = if b <= a { (b, a) } else { (a, b) };
             if lo <= i && i <= hi {
                 Verdict::Match
+            } else if !monotonic && b != a {
+                Verdict::Unsettled
             } else {
                 Verdict::Mismatch
             }
@@ -324,7 +338,7 @@ fn bracket(before: &Known, iter: &Known, after: &Known) -> [(u16, Verdict, Strin
         ($bit:expr, $f:ident) => {
             (
                 $bit,
-                judge(before.$f, iter.$f, after.$f),
+                judge(before.$f, iter.$f, after.$f, Fields::MONOTONIC & $bit != 0),
                 show(&|k: &Known| format!("{:?}", k.$f)),
             )
         };
@@ -784,19 +798,19 @@ mod tests {
 
     #[test]
     fn brackets() {
-        assert_eq!(judge(Some(5), Some(5), Some(5)), Verdict::Match);
-        assert_eq!(judge(Some(5), Some(7), Some(9)), Verdict::Match);
-        assert_eq!(
-            judge(Some(9), Some(7), Some(5)),
-            Verdict::Match,
-            "usage may fall"
-        );
-        assert_eq!(judge(Some(5), Some(4), Some(9)), Verdict::Mismatch);
-        assert_eq!(judge(None, Some(4), None), Verdict::Absent);
-        assert_eq!(judge(Some(4), None, Some(4)), Verdict::Absent);
+        assert_eq!(judge(Some(5), Some(5), Some(5), true), Verdict::Match);
+        assert_eq!(judge(Some(5), Some(7), Some(9), true), Verdict::Match);
+        let fell = judge(Some(9), Some(7), Some(5), false);
+        assert_eq!(fell, Verdict::Match, "usage may fall");
+        assert_eq!(judge(Some(5), Some(4), Some(9), true), Verdict::Mismatch);
+        let dipped = judge(Some(5), Some(4), Some(9), false);
+        assert_eq!(dipped, Verdict::Unsettled, "a gauge may dip between reads");
+        assert_eq!(judge(Some(5), Some(4), Some(5), false), Verdict::Mismatch);
+        assert_eq!(judge(None, Some(4), None, true), Verdict::Absent);
+        assert_eq!(judge(Some(4), None, Some(4), true), Verdict::Absent);
         let (none, some) = (Some(None::<u64>), Some(Some(3u64)));
-        assert_eq!(judge(none, none, none), Verdict::Match);
-        assert_eq!(judge(some, none, some), Verdict::Mismatch);
+        assert_eq!(judge(none, none, none, false), Verdict::Match);
+        assert_eq!(judge(some, none, some, false), Verdict::Mismatch);
     }
 
     #[test]
