@@ -107,6 +107,10 @@ pub const STATS_FLAG_SOFT_LIMIT: u32 = 8;
 pub const STATS_FLAG_KMEM: u32 = 16;
 /// Flag: `pids_current` and `pids_limit` are the pids controller's.
 pub const STATS_FLAG_PIDS: u32 = 32;
+/// Flag: `cpu_*` are the cpu controller's shares and CFS bandwidth.
+pub const STATS_FLAG_CPU: u32 = 64;
+/// Flag: `cpu_bursts` and `cpu_burst_ns` are valid (kernel 5.14+).
+pub const STATS_FLAG_CPU_BURST: u32 = 128;
 /// Header flag: the hierarchy had more cgroups than [`STATS_CAPACITY`].
 pub const STATS_FLAG_OVERFLOW: u32 = 1 << 31;
 
@@ -139,6 +143,17 @@ pub struct CgroupStats {
     pub kmem_usage: u64,
     pub pids_current: u64,
     pub pids_limit: u64,
+    /// `task_group.shares` (fixed point, as the kernel keeps it).
+    pub cpu_shares: u64,
+    /// `cfs_bandwidth.quota` (ns, `u64::MAX` unlimited) and `.period` (ns).
+    pub cpu_quota_ns: u64,
+    pub cpu_period_ns: u64,
+    pub cpu_periods: u32,
+    pub cpu_throttled: u32,
+    pub cpu_throttled_ns: u64,
+    pub cpu_bursts: u32,
+    pub _pad: u32,
+    pub cpu_burst_ns: u64,
 }
 
 #[cfg(feature = "user")]

@@ -8,8 +8,9 @@
 //! offset disables the values that need it.
 
 use agent_common::{
-    CgroupStats, STATS_CAPACITY, STATS_FLAG_CPUACCT, STATS_FLAG_KMEM, STATS_FLAG_MEMORY,
-    STATS_FLAG_MEMSW, STATS_FLAG_OVERFLOW, STATS_FLAG_PIDS, STATS_FLAG_SOFT_LIMIT,
+    CgroupStats, STATS_CAPACITY, STATS_FLAG_CPU, STATS_FLAG_CPU_BURST, STATS_FLAG_CPUACCT,
+    STATS_FLAG_KMEM, STATS_FLAG_MEMORY, STATS_FLAG_MEMSW, STATS_FLAG_OVERFLOW, STATS_FLAG_PIDS,
+    STATS_FLAG_SOFT_LIMIT,
 };
 use aya_ebpf::{
     helpers::generated::{bpf_map_lookup_percpu_elem, bpf_probe_read_kernel},
@@ -82,6 +83,26 @@ static IT_CGROUP_PIDS_OFF: u32 = 0;
 static IT_PIDS_COUNTER_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static IT_PIDS_LIMIT_OFF: u32 = 0;
+/// `cgroup.subsys[cpu_cgrp_id]`, and from that css (a `task_group`):
+/// `shares` and `cfs_bandwidth`'s members.
+#[unsafe(no_mangle)]
+static IT_CGROUP_CPU_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_TG_SHARES_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_CFS_QUOTA_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_CFS_PERIOD_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_CFS_NR_PERIODS_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_CFS_NR_THROTTLED_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_CFS_THROTTLED_TIME_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_CFS_NR_BURST_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static IT_CFS_BURST_TIME_OFF: u32 = 0;
 /// `bpf_array.pptrs`: the per-CPU pointer of `PERCPU_PROBE`'s element.
 #[unsafe(no_mangle)]
 static IT_ARRAY_PPTRS_OFF: u32 = 0;
@@ -164,6 +185,7 @@ unsafe fn fill(cgrp: u64, rec: &mut CgroupStats) -> Result<(), i64> {
         memory(cgrp, rec);
         cpuacct(cgrp, rec);
         pids(cgrp, rec);
+        cpu(cgrp, rec);
     }
     Ok(())
 }
@@ -300,5 +322,43 @@ unsafe fn pids(cgrp: u64, rec: &mut CgroupStats) {
     } {
         (rec.pids_current, rec.pids_limit) = (c, l);
         rec.flags |= STATS_FLAG_PIDS;
+    }
+}
+
+unsafe fn cpu(cgrp: u64, rec: &mut CgroupStats) {
+    let off = global(&IT_CGROUP_CPU_OFF);
+    if off == 0 {
+        return;
+    }
+    let Ok(css) = (unsafe { read::<u64>(cgrp + u64::from(off)) }) else {
+        return;
+    };
+    if css == 0 {
+        return;
+    }
+    let at = |g: &'static u32| css + u64::from(global(g));
+    unsafe {
+        if let (Ok(shares), Ok(quota), Ok(period), Ok(periods), Ok(throttled), Ok(throttled_ns)) = (
+            read::<u64>(at(&IT_TG_SHARES_OFF)),
+            read::<u64>(at(&IT_CFS_QUOTA_OFF)),
+            read::<u64>(at(&IT_CFS_PERIOD_OFF)),
+            read::<u32>(at(&IT_CFS_NR_PERIODS_OFF)),
+            read::<u32>(at(&IT_CFS_NR_THROTTLED_OFF)),
+            read::<u64>(at(&IT_CFS_THROTTLED_TIME_OFF)),
+        ) {
+            (rec.cpu_shares, rec.cpu_quota_ns, rec.cpu_period_ns) = (shares, quota, period);
+            (rec.cpu_periods, rec.cpu_throttled, rec.cpu_throttled_ns) =
+                (periods, throttled, throttled_ns);
+            rec.flags |= STATS_FLAG_CPU;
+        }
+        if global(&IT_CFS_NR_BURST_OFF) != 0 {
+            if let (Ok(n), Ok(t)) = (
+                read::<u32>(at(&IT_CFS_NR_BURST_OFF)),
+                read::<u64>(at(&IT_CFS_BURST_TIME_OFF)),
+            ) {
+                (rec.cpu_bursts, rec.cpu_burst_ns) = (n, t);
+                rec.flags |= STATS_FLAG_CPU_BURST;
+            }
+        }
     }
 }

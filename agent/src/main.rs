@@ -44,6 +44,7 @@ use crate::{
 };
 
 fn main() -> Result<()> {
+    tune_allocator();
     let config = Config::parse();
     init_logging(&config)?;
     if let Some(dir) = &config.dump_cgroup_stats {
@@ -535,6 +536,19 @@ fn spawn_machine_refresh(config: &Config) -> watch::Receiver<Option<Arc<MachineI
         }
     });
     rx
+}
+
+/// Buffers of a scrape or an iterator pass (hundreds of KiB to MiB, freed
+/// soon after) are mapped and unmapped rather than kept in malloc's arenas:
+/// glibc otherwise raises its mmap threshold after the first such free and
+/// each blocking thread's arena keeps its own copies (+20 MiB at 5,000
+/// containers with the iterator).
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt with a documented parameter, before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// Loading BPF parses the kernel's BTF (megabytes) and the first walk lists

@@ -257,6 +257,12 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
             let pids_max = tree.dir("pids", &rel).join("pids.max");
             fs::write(pids_max, format!("{}", 50 + i)).unwrap();
         }
+        // Some burn CPU against a quota: throttling counters move.
+        if i % 8 == 1 {
+            let cpu = tree.dir("cpu", &rel);
+            fs::write(cpu.join("cpu.cfs_quota_us"), "20000").unwrap();
+            fs::write(cpu.join("cpu.shares"), format!("{}", 256 + i)).unwrap();
+        }
         // Every cgroup ends up still, so both agents can be compared
         // exactly: some first burn CPU for a while, some hold memory.
         let script = match i % 4 {
@@ -304,6 +310,14 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
         "memory_reservation",
         "pids_current",
         "pids_max",
+        "cpu_periods",
+        "cpu_throttled_periods",
+        "cpu_throttled_time",
+        "cpu_bursts",
+        "cpu_burst_time",
+        "cpu_quota",
+        "cpu_period",
+        "cpu_shares",
     ] {
         assert!(checked.contains(value), "{value} not checked: {checked}");
     }

@@ -147,8 +147,8 @@ pub fn sample(
                 v1::cpuacct(dir, r, e, &mut cpu, groups.percpu, known);
             }
             if let Some(dir) = &d.cpu {
-                v1::cpu_stat(dir, r, e, &mut cpu);
-                v1::cpu_spec(dir, r, e, &mut s.spec);
+                v1::cpu_stat(dir, r, e, &mut cpu, known);
+                v1::cpu_spec(dir, r, e, &mut s.spec, known);
             }
             // Hybrid hosts without cpuacct for this cgroup: cgroup2's
             // cpu.stat has the usage for every cgroup2 directory.

@@ -174,6 +174,15 @@ pub struct Known {
     pub memory_reservation: Option<Option<u64>>,
     pub pids_current: Option<u64>,
     pub pids_max: Option<Option<u64>>,
+    /// v1 `cpu.stat`: read from the file unless all five are known.
+    pub cpu_periods: Option<u64>,
+    pub cpu_throttled_periods: Option<u64>,
+    pub cpu_throttled_ns: Option<u64>,
+    pub cpu_bursts: Option<u64>,
+    pub cpu_burst_ns: Option<u64>,
+    pub cpu_quota_us: Option<Option<u64>>,
+    pub cpu_period_us: Option<u64>,
+    pub cpu_shares: Option<u64>,
 }
 
 /// v2 `cpu.weight` (1–10000) to v1 shares, as runc and cAdvisor convert.

@@ -40,8 +40,20 @@ pub fn cpuacct(
     }
 }
 
-/// `cpu.stat` (throttling, bursts where the kernel has them).
-pub fn cpu_stat(dir: &Path, r: &mut Reader, e: &ErrorCounts, cpu: &mut Cpu) {
+/// `cpu.stat` (throttling, bursts where the kernel has them), unless all
+/// of it is known.
+pub fn cpu_stat(dir: &Path, r: &mut Reader, e: &ErrorCounts, cpu: &mut Cpu, known: &Known) {
+    if let (Some(p), Some(t), Some(tn), Some(b), Some(bn)) = (
+        known.cpu_periods,
+        known.cpu_throttled_periods,
+        known.cpu_throttled_ns,
+        known.cpu_bursts,
+        known.cpu_burst_ns,
+    ) {
+        (cpu.periods, cpu.throttled_periods, cpu.throttled_ns) = (Some(p), Some(t), Some(tn));
+        (cpu.bursts, cpu.burst_ns) = (Some(b), Some(bn));
+        return;
+    }
     let path = dir.join("cpu.stat");
     if let Some(text) = r.read(&path, e) {
         each_keyed(text, &path, e, |k, v| match k {
@@ -55,11 +67,18 @@ pub fn cpu_stat(dir: &Path, r: &mut Reader, e: &ErrorCounts, cpu: &mut Cpu) {
     }
 }
 
-pub fn cpu_spec(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec) {
+pub fn cpu_spec(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec, known: &Known) {
     spec.has_cpu = true;
-    spec.cpu_quota_us = r.limit(&dir.join("cpu.cfs_quota_us"), e).flatten();
-    spec.cpu_period_us = r.number(&dir.join("cpu.cfs_period_us"), e);
-    spec.cpu_shares = r.number(&dir.join("cpu.shares"), e);
+    spec.cpu_quota_us = known
+        .cpu_quota_us
+        .or_else(|| r.limit(&dir.join("cpu.cfs_quota_us"), e))
+        .flatten();
+    spec.cpu_period_us = known
+        .cpu_period_us
+        .or_else(|| r.number(&dir.join("cpu.cfs_period_us"), e));
+    spec.cpu_shares = known
+        .cpu_shares
+        .or_else(|| r.number(&dir.join("cpu.shares"), e));
 }
 
 /// Values above this are "unlimited" (the kernel's PAGE_COUNTER_MAX in bytes
@@ -283,7 +302,7 @@ mod tests {
             true,
             &Known::default(),
         );
-        cpu_stat(&dir("cpu"), &mut r, &e, &mut cpu);
+        cpu_stat(&dir("cpu"), &mut r, &e, &mut cpu, &Known::default());
         assert_eq!(cpu.usage_ns, Some(3_012_345_678));
         assert_eq!(cpu.per_cpu_ns, [1_500_000_000, 1_512_345_678]);
         let tick = 1_000_000_000 / procfs::ticks_per_second();
@@ -297,7 +316,7 @@ mod tests {
         );
         assert_eq!((cpu.bursts, cpu.burst_ns), (Some(0), Some(0)));
         let mut spec = Spec::default();
-        cpu_spec(&dir("cpu"), &mut r, &e, &mut spec);
+        cpu_spec(&dir("cpu"), &mut r, &e, &mut spec, &Known::default());
         assert_eq!(
             (spec.cpu_quota_us, spec.cpu_period_us, spec.cpu_shares),
             (Some(50_000), Some(100_000), Some(1024))
@@ -352,6 +371,32 @@ mod tests {
             (cpu.usage_ns, r.reads - before),
             (Some(7), 1),
             "cpuacct.stat only"
+        );
+        let cpu_known = Known {
+            cpu_periods: Some(1),
+            cpu_throttled_periods: Some(2),
+            cpu_throttled_ns: Some(3),
+            cpu_bursts: Some(4),
+            cpu_burst_ns: Some(5),
+            ..Known::default()
+        };
+        let mut cpu = Cpu::default();
+        let before = r.reads;
+        cpu_stat(&dir("cpu"), &mut r, &e, &mut cpu, &cpu_known);
+        assert_eq!(
+            (cpu.periods, cpu.burst_ns, r.reads - before),
+            (Some(1), Some(5), 0)
+        );
+        let partial = Known {
+            cpu_bursts: None,
+            ..cpu_known
+        };
+        let mut cpu = Cpu::default();
+        cpu_stat(&dir("cpu"), &mut r, &e, &mut cpu, &partial);
+        assert_eq!(
+            cpu.periods,
+            Some(30),
+            "cpu.stat read whole unless all is known"
         );
         let mut full = Reader::default();
         memory(

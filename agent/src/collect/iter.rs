@@ -21,16 +21,16 @@ use std::{
 };
 
 use agent_common::{
-    CgroupStats, STATS_FLAG_CPUACCT, STATS_FLAG_KMEM, STATS_FLAG_MEMORY, STATS_FLAG_MEMSW,
-    STATS_FLAG_PIDS, STATS_FLAG_SOFT_LIMIT,
+    CgroupStats, STATS_FLAG_CPU, STATS_FLAG_CPUACCT, STATS_FLAG_CPU_BURST, STATS_FLAG_KMEM,
+    STATS_FLAG_MEMORY, STATS_FLAG_MEMSW, STATS_FLAG_PIDS, STATS_FLAG_SOFT_LIMIT,
 };
 
 use crate::{
     cgroup::{
         hierarchy::{Hierarchies, Version},
         read::Reader,
-        stats::Known,
-        v1::limited,
+        stats::{Cpu, Known, Spec},
+        v1::{self, limited},
     },
     ebpf::iter::CgroupIter,
     errors::ErrorCounts,
@@ -59,6 +59,8 @@ pub struct Target {
     pub memory: bool,
     pub cpuacct: bool,
     pub pids: bool,
+    /// v1 only: cgroup2's cpu.stat is read for its usage anyway.
+    pub cpu: bool,
 }
 
 impl Target {
@@ -81,8 +83,9 @@ impl Target {
                     memory: x.has("memory"),
                     cpuacct: !v2 && x.has("cpuacct"),
                     pids: x.has("pids"),
+                    cpu: !v2 && x.has("cpu"),
                 };
-                (t.memory || t.cpuacct || t.pids).then_some(t)
+                (t.memory || t.cpuacct || t.pids || t.cpu).then_some(t)
             })
             .collect()
     }
@@ -92,7 +95,7 @@ impl Target {
     }
 
     /// The [`Fields`] bits this hierarchy's passes give.
-    fn fields(&self) -> u16 {
+    fn fields(&self) -> u32 {
         let mut f = 0;
         if self.memory {
             f |= Fields::MEMORY_USAGE | Fields::MEMORY_LIMIT | Fields::SWAP_LIMIT;
@@ -111,30 +114,48 @@ impl Target {
         if self.pids {
             f |= Fields::PIDS_CURRENT | Fields::PIDS_MAX;
         }
+        if self.cpu {
+            f |= Fields::CPU_STAT | Fields::CPU_QUOTA | Fields::CPU_PERIOD | Fields::CPU_SHARES;
+        }
         f
     }
 }
 
 /// Which [`Known`] values the iterator gives on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fields(u16);
+pub struct Fields(u32);
 
 impl Fields {
-    pub const CPU_USAGE: u16 = 1;
-    pub const MEMORY_USAGE: u16 = 1 << 1;
-    pub const MEMORY_MAX_USAGE: u16 = 1 << 2;
-    pub const MEMORY_LIMIT: u16 = 1 << 3;
-    pub const SWAP_LIMIT: u16 = 1 << 4;
-    pub const SWAP_USAGE: u16 = 1 << 5;
-    pub const MEMORY_FAILCNT: u16 = 1 << 6;
-    pub const MEMORY_KERNEL: u16 = 1 << 7;
-    pub const MEMORY_RESERVATION: u16 = 1 << 8;
-    pub const PIDS_CURRENT: u16 = 1 << 9;
-    pub const PIDS_MAX: u16 = 1 << 10;
-    pub const ALL: Fields = Fields((1 << 11) - 1);
+    pub const CPU_USAGE: u32 = 1;
+    pub const MEMORY_USAGE: u32 = 1 << 1;
+    pub const MEMORY_MAX_USAGE: u32 = 1 << 2;
+    pub const MEMORY_LIMIT: u32 = 1 << 3;
+    pub const SWAP_LIMIT: u32 = 1 << 4;
+    pub const SWAP_USAGE: u32 = 1 << 5;
+    pub const MEMORY_FAILCNT: u32 = 1 << 6;
+    pub const MEMORY_KERNEL: u32 = 1 << 7;
+    pub const MEMORY_RESERVATION: u32 = 1 << 8;
+    pub const PIDS_CURRENT: u32 = 1 << 9;
+    pub const PIDS_MAX: u32 = 1 << 10;
+    pub const CPU_PERIODS: u32 = 1 << 11;
+    pub const CPU_THROTTLED: u32 = 1 << 12;
+    pub const CPU_THROTTLED_NS: u32 = 1 << 13;
+    pub const CPU_BURSTS: u32 = 1 << 14;
+    pub const CPU_BURST_NS: u32 = 1 << 15;
+    pub const CPU_QUOTA: u32 = 1 << 16;
+    pub const CPU_PERIOD: u32 = 1 << 17;
+    pub const CPU_SHARES: u32 = 1 << 18;
+    pub const ALL: Fields = Fields((1 << 19) - 1);
+    /// `cpu.stat`'s values: the file is skipped only when all are known.
+    const CPU_STAT: u32 = Self::CPU_PERIODS
+        | Self::CPU_THROTTLED
+        | Self::CPU_THROTTLED_NS
+        | Self::CPU_BURSTS
+        | Self::CPU_BURST_NS;
     /// Values that only grow.
-    const MONOTONIC: u16 = Self::CPU_USAGE | Self::MEMORY_MAX_USAGE | Self::MEMORY_FAILCNT;
-    const NAMES: [(u16, &'static str); 11] = [
+    const MONOTONIC: u32 =
+        Self::CPU_USAGE | Self::MEMORY_MAX_USAGE | Self::MEMORY_FAILCNT | Self::CPU_STAT;
+    const NAMES: [(u32, &'static str); 19] = [
         (Self::CPU_USAGE, "cpu_usage"),
         (Self::MEMORY_USAGE, "memory_usage"),
         (Self::MEMORY_MAX_USAGE, "memory_max_usage"),
@@ -146,15 +167,23 @@ impl Fields {
         (Self::MEMORY_RESERVATION, "memory_reservation"),
         (Self::PIDS_CURRENT, "pids_current"),
         (Self::PIDS_MAX, "pids_max"),
+        (Self::CPU_PERIODS, "cpu_periods"),
+        (Self::CPU_THROTTLED, "cpu_throttled_periods"),
+        (Self::CPU_THROTTLED_NS, "cpu_throttled_time"),
+        (Self::CPU_BURSTS, "cpu_bursts"),
+        (Self::CPU_BURST_NS, "cpu_burst_time"),
+        (Self::CPU_QUOTA, "cpu_quota"),
+        (Self::CPU_PERIOD, "cpu_period"),
+        (Self::CPU_SHARES, "cpu_shares"),
     ];
 
-    pub fn has(self, f: u16) -> bool {
+    pub fn has(self, f: u32) -> bool {
         self.0 & f != 0
     }
 
     /// Keeps only these fields of `k`; the rest is read from files.
     pub fn mask(self, k: Known) -> Known {
-        let keep = |f: u16| self.has(f);
+        let keep = |f: u32| self.has(f);
         Known {
             cpu_usage_ns: k.cpu_usage_ns.filter(|_| keep(Self::CPU_USAGE)),
             memory_usage: k.memory_usage.filter(|_| keep(Self::MEMORY_USAGE)),
@@ -169,6 +198,16 @@ impl Fields {
                 .filter(|_| keep(Self::MEMORY_RESERVATION)),
             pids_current: k.pids_current.filter(|_| keep(Self::PIDS_CURRENT)),
             pids_max: k.pids_max.filter(|_| keep(Self::PIDS_MAX)),
+            cpu_periods: k.cpu_periods.filter(|_| keep(Self::CPU_PERIODS)),
+            cpu_throttled_periods: k
+                .cpu_throttled_periods
+                .filter(|_| keep(Self::CPU_THROTTLED)),
+            cpu_throttled_ns: k.cpu_throttled_ns.filter(|_| keep(Self::CPU_THROTTLED_NS)),
+            cpu_bursts: k.cpu_bursts.filter(|_| keep(Self::CPU_BURSTS)),
+            cpu_burst_ns: k.cpu_burst_ns.filter(|_| keep(Self::CPU_BURST_NS)),
+            cpu_quota_us: k.cpu_quota_us.filter(|_| keep(Self::CPU_QUOTA)),
+            cpu_period_us: k.cpu_period_us.filter(|_| keep(Self::CPU_PERIOD)),
+            cpu_shares: k.cpu_shares.filter(|_| keep(Self::CPU_SHARES)),
         }
     }
 }
@@ -223,6 +262,25 @@ fn values(rec: &CgroupStats, t: &Target, page: u64) -> Known {
         // self-check confirms this kernel agrees.
         k.pids_max = Some((rec.pids_limit < PIDS_MAX).then_some(rec.pids_limit));
     }
+    if t.cpu && rec.flags & STATS_FLAG_CPU != 0 {
+        // As cpu.shares shows it: scale_load_down() of 64-bit kernels.
+        let shares = rec.cpu_shares;
+        k.cpu_shares = Some(if shares == 0 {
+            0
+        } else {
+            (shares >> 10).max(2)
+        });
+        // RUNTIME_INF is "-1" in cpu.cfs_quota_us.
+        k.cpu_quota_us = Some((rec.cpu_quota_ns != u64::MAX).then(|| rec.cpu_quota_ns / 1000));
+        k.cpu_period_us = Some(rec.cpu_period_ns / 1000);
+        k.cpu_periods = Some(rec.cpu_periods.into());
+        k.cpu_throttled_periods = Some(rec.cpu_throttled.into());
+        k.cpu_throttled_ns = Some(rec.cpu_throttled_ns);
+    }
+    if t.cpu && rec.flags & STATS_FLAG_CPU_BURST != 0 {
+        k.cpu_bursts = Some(rec.cpu_bursts.into());
+        k.cpu_burst_ns = Some(rec.cpu_burst_ns);
+    }
     if t.memory && rec.flags & STATS_FLAG_MEMSW != 0 {
         // One page counter: `memsw` on v1, `swap` on v2.
         if t.v2 {
@@ -269,6 +327,21 @@ pub fn reference(t: &Target, dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Kno
         k.pids_current = r.number(&dir.join("pids.current"), e);
         k.pids_max = r.limit(&dir.join("pids.max"), e);
     }
+    if t.cpu {
+        let mut cpu = Cpu::default();
+        v1::cpu_stat(dir, r, e, &mut cpu, &Known::default());
+        (k.cpu_periods, k.cpu_throttled_periods) = (cpu.periods, cpu.throttled_periods);
+        (k.cpu_throttled_ns, k.cpu_bursts) = (cpu.throttled_ns, cpu.bursts);
+        k.cpu_burst_ns = cpu.burst_ns;
+        let mut spec = Spec::default();
+        v1::cpu_spec(dir, r, e, &mut spec, &Known::default());
+        // The reader flattens "-1"; only a readable file says unlimited.
+        k.cpu_quota_us = spec
+            .cpu_quota_us
+            .map(Some)
+            .or_else(|| dir.join("cpu.cfs_quota_us").exists().then_some(None));
+        (k.cpu_period_us, k.cpu_shares) = (spec.cpu_period_us, spec.cpu_shares);
+    }
     k
 }
 
@@ -285,6 +358,14 @@ fn merge(a: Known, b: Known) -> Known {
         memory_reservation: a.memory_reservation.or(b.memory_reservation),
         pids_current: a.pids_current.or(b.pids_current),
         pids_max: a.pids_max.or(b.pids_max),
+        cpu_periods: a.cpu_periods.or(b.cpu_periods),
+        cpu_throttled_periods: a.cpu_throttled_periods.or(b.cpu_throttled_periods),
+        cpu_throttled_ns: a.cpu_throttled_ns.or(b.cpu_throttled_ns),
+        cpu_bursts: a.cpu_bursts.or(b.cpu_bursts),
+        cpu_burst_ns: a.cpu_burst_ns.or(b.cpu_burst_ns),
+        cpu_quota_us: a.cpu_quota_us.or(b.cpu_quota_us),
+        cpu_period_us: a.cpu_period_us.or(b.cpu_period_us),
+        cpu_shares: a.cpu_shares.or(b.cpu_shares),
     }
 }
 
@@ -325,7 +406,7 @@ fn judge<T: PartialOrd + Copy>(
 }
 
 /// Every field's verdict for one bracket.
-fn bracket(before: &Known, iter: &Known, after: &Known) -> [(u16, Verdict, String); 11] {
+fn bracket(before: &Known, iter: &Known, after: &Known) -> [(u32, Verdict, String); 19] {
     let show = |f: &dyn Fn(&Known) -> String| {
         format!(
             "files {} then {}, iterator {}",
@@ -355,6 +436,14 @@ fn bracket(before: &Known, iter: &Known, after: &Known) -> [(u16, Verdict, Strin
         field!(Fields::MEMORY_RESERVATION, memory_reservation),
         field!(Fields::PIDS_CURRENT, pids_current),
         field!(Fields::PIDS_MAX, pids_max),
+        field!(Fields::CPU_PERIODS, cpu_periods),
+        field!(Fields::CPU_THROTTLED, cpu_throttled_periods),
+        field!(Fields::CPU_THROTTLED_NS, cpu_throttled_ns),
+        field!(Fields::CPU_BURSTS, cpu_bursts),
+        field!(Fields::CPU_BURST_NS, cpu_burst_ns),
+        field!(Fields::CPU_QUOTA, cpu_quota_us),
+        field!(Fields::CPU_PERIOD, cpu_period_us),
+        field!(Fields::CPU_SHARES, cpu_shares),
     ]
 }
 
@@ -578,7 +667,7 @@ impl IterSource {
     pub fn self_check(&mut self) -> Result<CheckReport, String> {
         let e = ErrorCounts::new("collection");
         let mut r = Reader::default();
-        let (mut matched, mut mismatch) = (0u16, None);
+        let (mut matched, mut mismatch) = (0u32, None);
         let mut cgroups = 0;
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         for t in self.targets.clone() {
@@ -621,7 +710,7 @@ impl IterSource {
                     (None, _) => Known::default(),
                 };
                 let judged = t.fields() & if root { Fields::CPU_USAGE } else { !0 };
-                let failed = |v: &[(u16, Verdict, String); 11]| {
+                let failed = |v: &[(u32, Verdict, String); 19]| {
                     v.iter()
                         .find(|(bit, verdict, _)| {
                             judged & bit != 0 && *verdict == Verdict::Mismatch
@@ -728,6 +817,7 @@ mod tests {
             memory: true,
             cpuacct: !v2,
             pids: true,
+            cpu: !v2,
         }
     }
 
@@ -831,14 +921,14 @@ mod tests {
             ],
         };
         let t = Target::all(&hybrid);
-        assert_eq!(t.iter().map(|t| t.hierarchy).collect::<Vec<_>>(), [4, 5]);
-        assert!(t[0].cpuacct && !t[0].memory && t[1].memory);
+        assert_eq!(t.iter().map(|t| t.hierarchy).collect::<Vec<_>>(), [3, 4, 5]);
+        assert!(t[0].cpu && t[1].cpuacct && !t[1].memory && t[2].memory);
         let v2 = Hierarchies {
             list: vec![h(0, Version::V2, &["cpu", "memory"], "/sys/fs/cgroup")],
         };
         let t = Target::all(&v2);
         assert_eq!(t.len(), 1);
-        assert!(t[0].v2 && t[0].memory && !t[0].cpuacct);
+        assert!(t[0].v2 && t[0].memory && !t[0].cpuacct && !t[0].cpu);
         assert_eq!(t[0].dir("/a/b"), Path::new("/sys/fs/cgroup/a/b"));
     }
 

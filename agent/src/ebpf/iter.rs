@@ -49,6 +49,15 @@ pub struct IterLayout {
     pub cgroup_pids: u32,
     pub pids_counter: u32,
     pub pids_limit: u32,
+    pub cgroup_cpu: u32,
+    pub tg_shares: u32,
+    pub cfs_quota: u32,
+    pub cfs_period: u32,
+    pub cfs_nr_periods: u32,
+    pub cfs_nr_throttled: u32,
+    pub cfs_throttled_time: u32,
+    pub cfs_nr_burst: u32,
+    pub cfs_burst_time: u32,
     pub array_pptrs: u32,
     pub nr_cpus: u32,
 }
@@ -113,6 +122,30 @@ impl IterLayout {
         if let Ok([p, c, lim]) = pids() {
             (l.cgroup_pids, l.pids_counter, l.pids_limit) = (p, c, lim);
         }
+        // CONFIG_FAIR_GROUP_SCHED and CONFIG_CFS_BANDWIDTH; burst since 5.14.
+        let cpu = || -> Result<[u32; 9], BtfError> {
+            let css = btf.offset("task_group", &["css"])?;
+            let at = |path: &[&str]| btf.offset("task_group", path).map(|o| o - css);
+            let bw = |m: &str| at(&["cfs_bandwidth", m]);
+            Ok([
+                subsys("cpu_cgrp_id")?,
+                at(&["shares"])?,
+                bw("quota")?,
+                bw("period")?,
+                bw("nr_periods")?,
+                bw("nr_throttled")?,
+                bw("throttled_time")?,
+                bw("nr_burst").unwrap_or(0),
+                bw("burst_time").unwrap_or(0),
+            ])
+        };
+        if let Ok([c, sh, q, p, np, nt, tt, nb, bt]) = cpu() {
+            (l.cgroup_cpu, l.tg_shares, l.cfs_quota, l.cfs_period) = (c, sh, q, p);
+            (l.cfs_nr_periods, l.cfs_nr_throttled, l.cfs_throttled_time) = (np, nt, tt);
+            if nb != 0 && bt != 0 {
+                (l.cfs_nr_burst, l.cfs_burst_time) = (nb, bt);
+            }
+        }
         // `u64 __percpu *cpuusage` (kernels before 5.x had a struct of two
         // counters there: left to the files).
         let cpuacct = || -> Result<(u32, u32, u32), BtfError> {
@@ -136,7 +169,7 @@ impl IterLayout {
         Ok(l)
     }
 
-    pub fn globals(&self) -> [(&'static str, u32); 22] {
+    pub fn globals(&self) -> [(&'static str, u32); 31] {
         [
             ("IT_CGROUP_KN_OFF", self.cgroup_kn),
             ("IT_KN_ID_OFF", self.kn_id),
@@ -158,6 +191,15 @@ impl IterLayout {
             ("IT_CGROUP_PIDS_OFF", self.cgroup_pids),
             ("IT_PIDS_COUNTER_OFF", self.pids_counter),
             ("IT_PIDS_LIMIT_OFF", self.pids_limit),
+            ("IT_CGROUP_CPU_OFF", self.cgroup_cpu),
+            ("IT_TG_SHARES_OFF", self.tg_shares),
+            ("IT_CFS_QUOTA_OFF", self.cfs_quota),
+            ("IT_CFS_PERIOD_OFF", self.cfs_period),
+            ("IT_CFS_NR_PERIODS_OFF", self.cfs_nr_periods),
+            ("IT_CFS_NR_THROTTLED_OFF", self.cfs_nr_throttled),
+            ("IT_CFS_THROTTLED_TIME_OFF", self.cfs_throttled_time),
+            ("IT_CFS_NR_BURST_OFF", self.cfs_nr_burst),
+            ("IT_CFS_BURST_TIME_OFF", self.cfs_burst_time),
             ("IT_ARRAY_PPTRS_OFF", self.array_pptrs),
             ("IT_NR_CPUS", self.nr_cpus),
         ]
@@ -360,6 +402,18 @@ pub fn dump(dir: &Path) -> anyhow::Result<()> {
         if r.flags & agent_common::STATS_FLAG_KMEM != 0 {
             v["memory_kmem_usage_bytes"] = (r.kmem_usage * page).into();
         }
+        if r.flags & agent_common::STATS_FLAG_CPU != 0 {
+            v["cpu_shares"] = r.cpu_shares.into();
+            v["cpu_quota_ns"] = r.cpu_quota_ns.into();
+            v["cpu_period_ns"] = r.cpu_period_ns.into();
+            v["cpu_nr_periods"] = r.cpu_periods.into();
+            v["cpu_nr_throttled"] = r.cpu_throttled.into();
+            v["cpu_throttled_ns"] = r.cpu_throttled_ns.into();
+        }
+        if r.flags & agent_common::STATS_FLAG_CPU_BURST != 0 {
+            v["cpu_nr_bursts"] = r.cpu_bursts.into();
+            v["cpu_burst_ns"] = r.cpu_burst_ns.into();
+        }
         if r.flags & agent_common::STATS_FLAG_PIDS != 0 {
             v["pids_current"] = r.pids_current.into();
             v["pids_limit"] = r.pids_limit.into();
@@ -494,6 +548,7 @@ mod tests {
         assert!(l.cgroup_memory > 0 && l.mem_usage > 0 && l.mem_max > l.mem_usage);
         assert!(l.mem_failcnt > 0 && l.mem_soft_limit > 0 && l.kmem_usage > 0);
         assert!(l.cgroup_pids > 0 && l.pids_limit > l.pids_counter);
+        assert!(l.cgroup_cpu > 0 && l.tg_shares > 0 && l.cfs_quota > 0 && l.cfs_nr_burst > 0);
         assert_eq!(l.nr_cpus, 2);
     }
 }
