@@ -144,9 +144,9 @@ pub struct Config {
     pub machine_id_file: Vec<PathBuf>,
 
     /// Diagnostic: walk the cgroups under this directory with the eBPF
-    /// cgroup iterator (memory page counters, cpuacct usage, read in the
-    /// kernel), print one JSON line per cgroup and one with the pass's
-    /// cost, and exit.
+    /// cgroup iterator (the values `--collector iter` reads in the kernel),
+    /// print one JSON line per cgroup and one with the pass's cost, and
+    /// exit.
     #[arg(long, value_name = "CGROUP_DIR")]
     pub dump_cgroup_stats: Option<PathBuf>,
 }

@@ -349,3 +349,87 @@ fn traffic_from_a_network_namespace_shows_up_in_transmit_bytes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The `stuck` count of `cgscope_collection_errors_total`.
+fn stuck_errors(a: &Agent) -> f64 {
+    let body = a.get("/metrics/agent", None).unwrap().body;
+    tests::Metrics(body)
+        .value("cgscope_collection_errors_total", &[("reason", "stuck")])
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_collection_that_hangs_holds_up_only_itself() {
+    if !require_root("a_collection_that_hangs_holds_up_only_itself") {
+        return;
+    }
+    let tree = CgroupTree::new("stuck", tests::cgroups::HIERARCHIES);
+    let hs = ["cpu", "cpuacct", "memory", "pids"];
+    for rel in ["hangs", "fine"] {
+        tree.mkdir(rel).unwrap();
+    }
+    let mut hangs = tree.spawn_in(&hs, "hangs", "exec sleep 300");
+    let mut fine = tree.spawn_in(&hs, "fine", "exec sleep 300");
+    // A /proc whose `limits` of the first task is a FIFO: opening it for
+    // reading blocks until a writer comes, as a read of a stuck filesystem.
+    let proc_root = tempfile::tempdir().unwrap();
+    wait_for("the task to join", Duration::from_secs(5), || {
+        fs::read_to_string(tree.dir("cpu", "hangs").join("cgroup.procs"))
+            .is_ok_and(|p| !p.trim().is_empty())
+    });
+    let pid = fs::read_to_string(tree.dir("cpu", "hangs").join("cgroup.procs")).unwrap();
+    let task = proc_root.path().join(pid.trim());
+    fs::create_dir(&task).unwrap();
+    let fifo = task.join("limits");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path and mode.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+
+    let agent = Agent::start(&[
+        "--proc-root",
+        proc_root.path().to_str().unwrap(),
+        "--housekeeping-interval",
+        "1s",
+        "--max-housekeeping-interval",
+        "1s",
+    ]);
+    let usage = |a: &Agent| {
+        a.scrape().value(
+            "container_memory_usage_bytes",
+            &[("id", &tree.path("fine"))],
+        )
+    };
+    wait_for(
+        "the hung collection to be given up",
+        Duration::from_secs(30),
+        || stuck_errors(&agent) >= 1.0,
+    );
+    // Everything else is collected on a fresh thread, again and again.
+    let collections = |a: &Agent| {
+        let body = a.get("/metrics/agent", None).unwrap().body;
+        tests::Metrics(body)
+            .value("cgscope_collections_total", &[])
+            .unwrap_or(0.0)
+    };
+    let before = collections(&agent);
+    wait_for("collections to go on", Duration::from_secs(10), || {
+        collections(&agent) > before + 2.0
+    });
+    assert!(usage(&agent).is_some(), "{}", agent.log());
+    assert!(
+        agent.log().contains("took longer than"),
+        "the hang is logged:\n{}",
+        agent.log()
+    );
+    // Let a blocked reader go (non-blocking: there may be none just now).
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo);
+    drop(agent);
+    for c in [&mut hangs, &mut fine] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -1,8 +1,10 @@
 //! The fast path: values the eBPF cgroup iterator reads in the kernel
-//! (memory usage, max usage, failcnt, kernel usage, limits; cpuacct usage;
-//! pids current and max) replace their files in each collection. The file readers stay the reference: a self-check at
-//! start compares both, and any value the iterator cannot give (a cgroup
-//! it has not seen, a failed pass) is read from its file as before.
+//! (memory usage, max usage, failcnt, kernel usage and limits; cpuacct
+//! usage; cpu shares, CFS quota, period and throttling; pids current and
+//! max) replace their files in each collection. The file readers stay the
+//! reference: a self-check at start compares both, and any value the
+//! iterator cannot give (a cgroup it has not seen, a failed pass) is read
+//! from its file as before.
 //!
 //! Containers collected together (one scheduler tick) share one pass per
 //! hierarchy ([`Round`]) when that is cheaper than a pass rooted at each
@@ -64,9 +66,9 @@ pub struct Target {
 }
 
 impl Target {
-    /// The hierarchies holding memory or cpuacct (cgroup2 only on a pure
-    /// v2 host, where cpuacct's usage is an rstat sum the iterator cannot
-    /// flush: left to the files).
+    /// The hierarchies holding memory, cpuacct, cpu or pids (cgroup2 only
+    /// on a pure v2 host, and there memory and pids only: its CPU usage is
+    /// an rstat sum the iterator cannot flush, so cpu.stat is read anyway).
     pub fn all(h: &Hierarchies) -> Vec<Self> {
         let pure_v2 = h.list.iter().all(|x| x.version == Version::V2);
         h.list
@@ -271,7 +273,7 @@ fn values(rec: &CgroupStats, t: &Target, page: u64) -> Known {
             (shares >> 10).max(2)
         });
         // RUNTIME_INF is "-1" in cpu.cfs_quota_us.
-        k.cpu_quota_us = Some((rec.cpu_quota_ns != u64::MAX).then(|| rec.cpu_quota_ns / 1000));
+        k.cpu_quota_us = Some((rec.cpu_quota_ns != u64::MAX).then_some(rec.cpu_quota_ns / 1000));
         k.cpu_period_us = Some(rec.cpu_period_ns / 1000);
         k.cpu_periods = Some(rec.cpu_periods.into());
         k.cpu_throttled_periods = Some(rec.cpu_throttled.into());

@@ -1,8 +1,9 @@
 //! Housekeeping: every container is collected on its own cadence
 //! (`--housekeeping-interval`, backing off to `--max-housekeeping-interval`
 //! while its counters do not move, with a little jitter), first right after
-//! it is discovered. File reads run on the blocking pool, one at a time,
-//! so the reactor never waits and a stuck cgroup holds up only itself.
+//! it is discovered. File reads run on one collector thread
+//! (`worker.rs`), one container at a time, so the reactor never waits, a
+//! node's second core stays free, and a stuck cgroup holds up only itself.
 //!
 //! With the eBPF cgroup iterator (`iter.rs`) containers are instead kept
 //! on a common grid of `--housekeeping-interval` ticks, without jitter:
@@ -12,6 +13,7 @@
 pub mod iter;
 pub mod network;
 pub mod process;
+mod worker;
 
 use std::{
     cell::RefCell,
@@ -25,11 +27,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 use self::{
     iter::{IterSource, Round},
     network::NetworkReader,
+    worker::{Done, Work, Worker},
 };
 use crate::{
     cache::StatsCache,
@@ -150,11 +153,6 @@ struct Tracked {
 /// After this a collection is given up (and its container retried later).
 const STUCK: Duration = Duration::from_secs(10);
 
-/// How many collections run at once. One keeps up with 5,000 containers
-/// every 10 s (about 0.6 ms each) and never takes more than one core, so
-/// discovery, OOM handling and scrapes are not starved on a small node.
-const CONCURRENCY: usize = 1;
-
 /// When a container is next due.
 #[derive(Debug, Clone, Copy)]
 struct Pacing {
@@ -182,8 +180,6 @@ impl Pacing {
     }
 }
 
-type Done = (Arc<str>, u64, Option<Sample>);
-
 /// Runs the scheduler until the registry goes away.
 pub fn spawn(
     collector: Arc<Collector>,
@@ -199,8 +195,20 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut tracked: HashMap<Arc<str>, Tracked> = HashMap::new();
         let mut heap: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>> = BinaryHeap::new();
-        let permits = Arc::new(Semaphore::new(CONCURRENCY));
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, Vec<Done>)>();
+        let mut worker_ids = 0u64;
+        let mut new_worker = || {
+            worker_ids += 1;
+            Worker::spawn(worker_ids, collector.clone(), done_tx.clone())
+        };
+        let mut worker = match new_worker() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the collector thread: no statistics will be collected");
+                return;
+            }
+        };
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         let mut seq = 0u64;
         loop {
             let next = heap.peek().map(|Reverse((t, _, _))| *t);
@@ -229,73 +237,99 @@ pub fn spawn(
                     }
                     let round = collector.iter.as_ref().and_then(|it| it.round(due.len()));
                     for (job, generation) in due {
-                        let (c, tx, p, r) = (collector.clone(), done_tx.clone(), permits.clone(), round.clone());
-                        tokio::spawn(collect_one(c, job, generation, r, p, tx));
+                        let mut work = Work { job, generation, round: round.clone() };
+                        // A thread that died (it cannot panic: collections
+                        // are caught) is replaced once.
+                        if let Err(w) = worker.send(work) {
+                            work = w;
+                            match new_worker() {
+                                Ok(w) => worker = w,
+                                Err(e) => tracing::error!(error = %e, "cannot restart the collector thread"),
+                            }
+                            let _ = worker.send(work);
+                        }
                     }
                 }
-                Some((path, generation, sample)) = done_rx.recv() => {
-                    let Some(t) = tracked.get_mut(&path) else { continue };
-                    t.in_flight = false;
-                    if !t.live {
-                        continue;
-                    }
-                    if t.generation != generation {
-                        // Rescheduled while this ran (its directories
-                        // changed): the entry for the new generation may
-                        // have been skipped as in flight, so run it now.
-                        heap.push(Reverse((Instant::now(), t.generation, path)));
-                        continue;
-                    }
-                    let Some(sample) = sample else {
-                        // Failed or stuck: try again at the slowest pace.
-                        t.interval = cadence.max;
-                        seq += 1;
-                        let due = pacing.due(Instant::now(), t.interval, &path, seq);
-                        heap.push(Reverse((due, t.generation, path)));
-                        continue;
+                _ = watchdog.tick() => {
+                    let Some((path, generation)) = worker.stuck(STUCK) else { continue };
+                    collector.errors.record(
+                        "stuck",
+                        format!("collecting {path} took longer than {STUCK:?}; skipped, on a new thread"),
+                    );
+                    let fresh = match new_worker() {
+                        Ok(w) => w,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start another collector thread");
+                            continue;
+                        }
                     };
-                    let unchanged = t.last.as_ref().is_some_and(|l| sample.same_usage(l));
-                    t.interval = if unchanged { (t.interval * 2).min(cadence.max) } else { cadence.base };
-                    // Comparing needs no timestamp: keep the stored sample.
-                    t.last = Some(cache.push(&path, sample));
-                    seq += 1;
-                    let due = pacing.due(Instant::now(), t.interval, &path, seq);
-                    heap.push(Reverse((due, t.generation, path)));
+                    std::mem::replace(&mut worker, fresh).abandon();
+                    // What the old thread still had queued is due again now.
+                    let now = Instant::now();
+                    for (p, t) in tracked.iter_mut().filter(|(_, t)| t.in_flight) {
+                        t.in_flight = false;
+                        if *p != path {
+                            heap.push(Reverse((now, t.generation, p.clone())));
+                        }
+                    }
+                    let result = vec![(path, generation, None)];
+                    settle(result, &cache, &mut tracked, &mut heap, &mut seq, cadence, pacing);
+                }
+                Some((from, results)) = done_rx.recv() => {
+                    if from == worker.id {
+                        settle(results, &cache, &mut tracked, &mut heap, &mut seq, cadence, pacing);
+                    }
                 }
             }
         }
     });
 }
 
-async fn collect_one(
-    collector: Arc<Collector>,
-    job: Arc<Job>,
-    generation: u64,
-    round: Option<Arc<Round>>,
-    permits: Arc<Semaphore>,
-    tx: mpsc::UnboundedSender<Done>,
+/// Stores finished collections and schedules each container's next one.
+fn settle(
+    results: Vec<Done>,
+    cache: &StatsCache,
+    tracked: &mut HashMap<Arc<str>, Tracked>,
+    heap: &mut BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
+    seq: &mut u64,
+    cadence: Cadence,
+    pacing: Pacing,
 ) {
-    let Ok(_permit) = permits.acquire_owned().await else {
-        return;
-    };
-    let (c, j) = (collector.clone(), job.clone());
-    let work = tokio::task::spawn_blocking(move || c.collect(&j, round.as_deref()));
-    let path = job.path.clone();
-    // A read that hangs (a frozen cgroup, a stuck filesystem) gives its
-    // permit back after a while, so the other containers go on; its thread
-    // finishes on its own.
-    let sample = match tokio::time::timeout(STUCK, work).await {
-        Ok(Ok(sample)) => Some(sample),
-        Ok(Err(_)) => None,
-        Err(_) => {
-            collector.errors.record(
-                "stuck",
-                format!("collecting {path} took longer than {STUCK:?}; skipped"),
-            );
-            None
+    for (path, generation, sample) in results {
+        let Some(t) = tracked.get_mut(&path) else {
+            continue;
+        };
+        t.in_flight = false;
+        if !t.live {
+            continue;
         }
-    };
-    let _ = tx.send((path, generation, sample));
+        if t.generation != generation {
+            // Rescheduled while this ran (its directories changed): the
+            // entry for the new generation may have been skipped as in
+            // flight, so run it now.
+            heap.push(Reverse((Instant::now(), t.generation, path)));
+            continue;
+        }
+        let Some(sample) = sample else {
+            // Failed or stuck: try again at the slowest pace.
+            t.interval = cadence.max;
+            *seq += 1;
+            let due = pacing.due(Instant::now(), t.interval, &path, *seq);
+            heap.push(Reverse((due, t.generation, path)));
+            continue;
+        };
+        let unchanged = t.last.as_ref().is_some_and(|l| sample.same_usage(l));
+        t.interval = if unchanged {
+            (t.interval * 2).min(cadence.max)
+        } else {
+            cadence.base
+        };
+        // Comparing needs no timestamp: keep the stored sample.
+        t.last = Some(cache.push(&path, sample));
+        *seq += 1;
+        let due = pacing.due(Instant::now(), t.interval, &path, *seq);
+        heap.push(Reverse((due, t.generation, path)));
+    }
 }
 
 async fn sleep_until(t: Option<Instant>) {

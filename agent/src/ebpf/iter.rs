@@ -1,6 +1,6 @@
 //! One pass of the `iter/cgroup` program over a hierarchy: every cgroup's
-//! memory page counters and cpuacct usage, read in the kernel, from an
-//! mmap-ed array.
+//! memory page counters, cpuacct usage, cpu shares and CFS bandwidth, and
+//! pids counter and limit, read in the kernel, from an mmap-ed array.
 //!
 //! aya 0.14's `Iter::attach()` sends no link info and the kernel refuses a
 //! cgroup iterator without one (EINVAL), so the link is made here with a raw
@@ -63,8 +63,8 @@ pub struct IterLayout {
 }
 
 impl IterLayout {
-    /// Memory and cpuacct are each optional: a kernel without one (or with
-    /// a shape this does not know) loses those values, not the walk.
+    /// Each controller is optional: a kernel without one (or with a shape
+    /// this does not know) loses those values, not the walk.
     pub fn from_btf(btf: &Btf, nr_cpus: u32) -> Result<Self, BtfError> {
         let subsys = |id_name: &str| -> Result<u32, BtfError> {
             let id = btf.enum_value(id_name)?;
