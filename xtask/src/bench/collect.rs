@@ -202,10 +202,14 @@ const ITER_FILES: &[(&str, &str)] = &[
     ("cpuacct", "cpuacct.usage"),
     ("pids", "pids.current"),
     ("pids", "pids.max"),
+    ("cpu", "cpu.stat"),
+    ("cpu", "cpu.cfs_quota_us"),
+    ("cpu", "cpu.cfs_period_us"),
+    ("cpu", "cpu.shares"),
 ];
 
 /// The hierarchies the iterator walks on this host.
-const ITER_HIERARCHIES: &[&str] = &["memory", "cpuacct", "pids"];
+const ITER_HIERARCHIES: &[&str] = &["memory", "cpuacct", "pids", "cpu"];
 
 /// µs of CPU per cgroup: one iterator pass per hierarchy (`cgscope
 /// --dump-cgroup-stats`, its median of five passes) and reading
@@ -267,7 +271,7 @@ pub fn run(bin: &Path) -> Result<()> {
         }
     }
     println!();
-    println!("eBPF cgroup iterator (memory usage, max usage, failcnt, kmem usage, limit, memsw limit, soft limit; cpuacct usage; pids current, max) vs reading those files, CPU µs per cgroup (target: iterator 10x cheaper)");
+    println!("eBPF cgroup iterator (memory usage, max usage, failcnt, kmem usage, limit, memsw limit, soft limit; cpuacct usage; cpu.stat, quota, period, shares; pids current, max) vs reading those files, CPU µs per cgroup (target: iterator 10x cheaper)");
     println!("(pass ms: one hierarchy's walk, during which the kernel holds cgroup_mutex)");
     println!("| cgroups | iterator µs | files µs | files / iterator | pass ms |");
     println!("|---|---|---|---|---|");
