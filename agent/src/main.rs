@@ -368,7 +368,8 @@ struct Started {
     oom_ebpf: bool,
     /// The cgroup iterator, loaded (not yet checked).
     iter: Option<ebpf::iter::CgroupIter>,
-    /// Why the iterator is not there, when it was wanted.
+    /// Why the iterator is not there, when it was wanted and that was not
+    /// logged already (with the whole of eBPF).
     iter_unavailable: Option<String>,
 }
 
@@ -403,7 +404,6 @@ fn start_ebpf(config: &Config) -> Result<Started> {
              (inotify discovery, /dev/kmsg for OOM kills, cgroup files for every value); \
              build it with `cargo xtask build-ebpf`"
         );
-        started.iter_unavailable = Some(ebpf::EbpfError::NoObject.to_string());
         return Ok(started);
     } else {
         ebpf::raise_memlock_rlimit();
@@ -419,7 +419,6 @@ fn start_ebpf(config: &Config) -> Result<Started> {
                     return Err(e).context(format!("{flag}: eBPF required"));
                 }
                 tracing::warn!(error = %e, "eBPF not available: falling back to inotify discovery, /dev/kmsg for OOM kills and cgroup files for every value");
-                started.iter_unavailable = Some(e.to_string());
                 return Ok(started);
             }
         }
@@ -492,8 +491,13 @@ async fn choose_collector(
                 (_, Err(mismatch)) => format!("it disagrees with the cgroup files: {mismatch}"),
             }
         }
-        Some(None) => "no hierarchy holds the memory or cpuacct controller".to_owned(),
-        None => unavailable.unwrap_or_else(|| "not loaded".to_owned()),
+        Some(None) => "no hierarchy holds a controller it reads".to_owned(),
+        None => match unavailable {
+            Some(why) => why,
+            // eBPF as a whole is not there, and that was logged.
+            None if !forced => return Ok(("files", None)),
+            None => "eBPF is not available".to_owned(),
+        },
     };
     if forced {
         bail!("--collector iter: the eBPF cgroup iterator cannot be used: {why}");
