@@ -168,10 +168,11 @@ impl Pacing {
         if !self.grid {
             return now + jitter(interval, path, seq);
         }
-        // The nearest tick, so a collection that ran a little after its
-        // tick keeps that tick's phase rather than slipping a whole one.
+        // The last tick at most an interval away: never later than asked,
+        // and a collection that ran a little after its tick keeps that
+        // tick's phase rather than slipping a whole one.
         let base = self.base.as_secs_f64();
-        let ticks = ((now + interval).duration_since(self.epoch).as_secs_f64() / base).round();
+        let ticks = ((now + interval).duration_since(self.epoch).as_secs_f64() / base).floor();
         let mut due = self.epoch + self.base.mul_f64(ticks);
         while due <= now {
             due += self.base;
@@ -421,10 +422,11 @@ mod tests {
             grid: true,
         };
         let secs = |s: f64| epoch + Duration::from_secs_f64(s);
-        // Discovered off the grid: the next tick that is about an interval
-        // away.
+        // Discovered off the grid: the last tick within an interval.
         assert_eq!(p.due(secs(3.0), base, "/a", 1), secs(10.0));
-        assert_eq!(p.due(secs(6.0), base, "/b", 2), secs(20.0));
+        assert_eq!(p.due(secs(6.0), base, "/b", 2), secs(10.0));
+        // A backoff between ticks: never later than asked.
+        assert_eq!(p.due(secs(10.3), base.mul_f64(1.5), "/b", 2), secs(20.0));
         // Collected late in its round: keeps the round's phase.
         assert_eq!(p.due(secs(10.4), base, "/a", 3), secs(20.0));
         // Backed off: still on the grid.
