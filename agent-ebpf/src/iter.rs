@@ -190,17 +190,23 @@ unsafe fn fill(cgrp: u64, rec: &mut CgroupStats) -> Result<(), i64> {
     Ok(())
 }
 
-unsafe fn memory(cgrp: u64, rec: &mut CgroupStats) {
-    let off = global(&IT_CGROUP_MEMORY_OFF);
+/// The cgroup's css of the subsystem at `cgroup.subsys[]` offset `off`
+/// (`None` when the kernel lacks it or the cgroup has none).
+#[inline(always)]
+unsafe fn css(cgrp: u64, off: &'static u32) -> Option<u64> {
+    let off = global(off);
     if off == 0 {
-        return;
+        return None;
     }
-    let Ok(css) = (unsafe { read::<u64>(cgrp + u64::from(off)) }) else {
+    unsafe { read::<u64>(cgrp + u64::from(off)) }
+        .ok()
+        .filter(|&css| css != 0)
+}
+
+unsafe fn memory(cgrp: u64, rec: &mut CgroupStats) {
+    let Some(css) = (unsafe { css(cgrp, &IT_CGROUP_MEMORY_OFF) }) else {
         return;
     };
-    if css == 0 {
-        return;
-    }
     let at = |g: &'static u32| css + u64::from(global(g));
     unsafe {
         if let (Ok(u), Ok(m), Ok(w), Ok(f)) = (
@@ -272,16 +278,13 @@ fn find_cpu_offsets() {
 }
 
 unsafe fn cpuacct(cgrp: u64, rec: &mut CgroupStats) {
-    let (off, nr) = (global(&IT_CGROUP_CPUACCT_OFF), global(&IT_NR_CPUS));
-    if off == 0 || nr == 0 {
+    let nr = global(&IT_NR_CPUS);
+    if nr == 0 {
         return;
     }
-    let Ok(css) = (unsafe { read::<u64>(cgrp + u64::from(off)) }) else {
+    let Some(css) = (unsafe { css(cgrp, &IT_CGROUP_CPUACCT_OFF) }) else {
         return;
     };
-    if css == 0 {
-        return;
-    }
     let Ok(usage) = (unsafe { read::<u64>(css + u64::from(global(&IT_CPUACCT_USAGE_OFF))) }) else {
         return;
     };
@@ -303,16 +306,9 @@ unsafe fn cpuacct(cgrp: u64, rec: &mut CgroupStats) {
 }
 
 unsafe fn pids(cgrp: u64, rec: &mut CgroupStats) {
-    let off = global(&IT_CGROUP_PIDS_OFF);
-    if off == 0 {
-        return;
-    }
-    let Ok(css) = (unsafe { read::<u64>(cgrp + u64::from(off)) }) else {
+    let Some(css) = (unsafe { css(cgrp, &IT_CGROUP_PIDS_OFF) }) else {
         return;
     };
-    if css == 0 {
-        return;
-    }
     let at = |g: &'static u32| css + u64::from(global(g));
     if let (Ok(c), Ok(l)) = unsafe {
         (
@@ -326,16 +322,9 @@ unsafe fn pids(cgrp: u64, rec: &mut CgroupStats) {
 }
 
 unsafe fn cpu(cgrp: u64, rec: &mut CgroupStats) {
-    let off = global(&IT_CGROUP_CPU_OFF);
-    if off == 0 {
-        return;
-    }
-    let Ok(css) = (unsafe { read::<u64>(cgrp + u64::from(off)) }) else {
+    let Some(css) = (unsafe { css(cgrp, &IT_CGROUP_CPU_OFF) }) else {
         return;
     };
-    if css == 0 {
-        return;
-    }
     let at = |g: &'static u32| css + u64::from(global(g));
     unsafe {
         if let (Ok(shares), Ok(quota), Ok(period), Ok(periods), Ok(throttled), Ok(throttled_ns)) = (

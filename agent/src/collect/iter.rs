@@ -123,6 +123,35 @@ impl Target {
     }
 }
 
+/// Every value the iterator can give: its [`Fields`] bit, its [`Known`]
+/// member and the name logs use. Calls `$m!([args] BIT member "name"; …)`,
+/// so the masks, merges and comparisons below come from this one list.
+macro_rules! known_fields {
+    ($m:ident $(, $arg:expr)*) => {
+        $m!([$($arg),*]
+            CPU_USAGE cpu_usage_ns "cpu_usage";
+            MEMORY_USAGE memory_usage "memory_usage";
+            MEMORY_MAX_USAGE memory_max_usage "memory_max_usage";
+            MEMORY_LIMIT memory_limit "memory_limit";
+            SWAP_LIMIT memory_swap_limit "memory_swap_limit";
+            SWAP_USAGE swap_usage "swap_usage";
+            MEMORY_FAILCNT memory_failcnt "memory_failcnt";
+            MEMORY_KERNEL memory_kernel "memory_kernel";
+            MEMORY_RESERVATION memory_reservation "memory_reservation";
+            PIDS_CURRENT pids_current "pids_current";
+            PIDS_MAX pids_max "pids_max";
+            CPU_PERIODS cpu_periods "cpu_periods";
+            CPU_THROTTLED cpu_throttled_periods "cpu_throttled_periods";
+            CPU_THROTTLED_NS cpu_throttled_ns "cpu_throttled_time";
+            CPU_BURSTS cpu_bursts "cpu_bursts";
+            CPU_BURST_NS cpu_burst_ns "cpu_burst_time";
+            CPU_QUOTA cpu_quota_us "cpu_quota";
+            CPU_PERIOD cpu_period_us "cpu_period";
+            CPU_SHARES cpu_shares "cpu_shares";
+        )
+    };
+}
+
 /// Which [`Known`] values the iterator gives on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fields(u32);
@@ -157,27 +186,12 @@ impl Fields {
     /// Values that only grow.
     const MONOTONIC: u32 =
         Self::CPU_USAGE | Self::MEMORY_MAX_USAGE | Self::MEMORY_FAILCNT | Self::CPU_STAT;
-    const NAMES: [(u32, &'static str); 19] = [
-        (Self::CPU_USAGE, "cpu_usage"),
-        (Self::MEMORY_USAGE, "memory_usage"),
-        (Self::MEMORY_MAX_USAGE, "memory_max_usage"),
-        (Self::MEMORY_LIMIT, "memory_limit"),
-        (Self::SWAP_LIMIT, "memory_swap_limit"),
-        (Self::SWAP_USAGE, "swap_usage"),
-        (Self::MEMORY_FAILCNT, "memory_failcnt"),
-        (Self::MEMORY_KERNEL, "memory_kernel"),
-        (Self::MEMORY_RESERVATION, "memory_reservation"),
-        (Self::PIDS_CURRENT, "pids_current"),
-        (Self::PIDS_MAX, "pids_max"),
-        (Self::CPU_PERIODS, "cpu_periods"),
-        (Self::CPU_THROTTLED, "cpu_throttled_periods"),
-        (Self::CPU_THROTTLED_NS, "cpu_throttled_time"),
-        (Self::CPU_BURSTS, "cpu_bursts"),
-        (Self::CPU_BURST_NS, "cpu_burst_time"),
-        (Self::CPU_QUOTA, "cpu_quota"),
-        (Self::CPU_PERIOD, "cpu_period"),
-        (Self::CPU_SHARES, "cpu_shares"),
-    ];
+    const NAMES: &[(u32, &str)] = {
+        macro_rules! names {
+            ([] $($bit:ident $f:ident $name:literal;)*) => { &[$((Self::$bit, $name)),*] };
+        }
+        known_fields!(names)
+    };
 
     pub fn has(self, f: u32) -> bool {
         self.0 & f != 0
@@ -185,32 +199,12 @@ impl Fields {
 
     /// Keeps only these fields of `k`; the rest is read from files.
     pub fn mask(self, k: Known) -> Known {
-        let keep = |f: u32| self.has(f);
-        Known {
-            cpu_usage_ns: k.cpu_usage_ns.filter(|_| keep(Self::CPU_USAGE)),
-            memory_usage: k.memory_usage.filter(|_| keep(Self::MEMORY_USAGE)),
-            memory_max_usage: k.memory_max_usage.filter(|_| keep(Self::MEMORY_MAX_USAGE)),
-            memory_limit: k.memory_limit.filter(|_| keep(Self::MEMORY_LIMIT)),
-            memory_swap_limit: k.memory_swap_limit.filter(|_| keep(Self::SWAP_LIMIT)),
-            swap_usage: k.swap_usage.filter(|_| keep(Self::SWAP_USAGE)),
-            memory_failcnt: k.memory_failcnt.filter(|_| keep(Self::MEMORY_FAILCNT)),
-            memory_kernel: k.memory_kernel.filter(|_| keep(Self::MEMORY_KERNEL)),
-            memory_reservation: k
-                .memory_reservation
-                .filter(|_| keep(Self::MEMORY_RESERVATION)),
-            pids_current: k.pids_current.filter(|_| keep(Self::PIDS_CURRENT)),
-            pids_max: k.pids_max.filter(|_| keep(Self::PIDS_MAX)),
-            cpu_periods: k.cpu_periods.filter(|_| keep(Self::CPU_PERIODS)),
-            cpu_throttled_periods: k
-                .cpu_throttled_periods
-                .filter(|_| keep(Self::CPU_THROTTLED)),
-            cpu_throttled_ns: k.cpu_throttled_ns.filter(|_| keep(Self::CPU_THROTTLED_NS)),
-            cpu_bursts: k.cpu_bursts.filter(|_| keep(Self::CPU_BURSTS)),
-            cpu_burst_ns: k.cpu_burst_ns.filter(|_| keep(Self::CPU_BURST_NS)),
-            cpu_quota_us: k.cpu_quota_us.filter(|_| keep(Self::CPU_QUOTA)),
-            cpu_period_us: k.cpu_period_us.filter(|_| keep(Self::CPU_PERIOD)),
-            cpu_shares: k.cpu_shares.filter(|_| keep(Self::CPU_SHARES)),
+        macro_rules! mask {
+            ([$fields:expr, $k:expr] $($bit:ident $f:ident $name:literal;)*) => {
+                Known { $($f: $k.$f.filter(|_| $fields.has(Self::$bit)),)* }
+            };
         }
+        known_fields!(mask, self, k)
     }
 }
 
@@ -348,27 +342,12 @@ pub fn reference(t: &Target, dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Kno
 }
 
 fn merge(a: Known, b: Known) -> Known {
-    Known {
-        cpu_usage_ns: a.cpu_usage_ns.or(b.cpu_usage_ns),
-        memory_usage: a.memory_usage.or(b.memory_usage),
-        memory_max_usage: a.memory_max_usage.or(b.memory_max_usage),
-        memory_limit: a.memory_limit.or(b.memory_limit),
-        memory_swap_limit: a.memory_swap_limit.or(b.memory_swap_limit),
-        swap_usage: a.swap_usage.or(b.swap_usage),
-        memory_failcnt: a.memory_failcnt.or(b.memory_failcnt),
-        memory_kernel: a.memory_kernel.or(b.memory_kernel),
-        memory_reservation: a.memory_reservation.or(b.memory_reservation),
-        pids_current: a.pids_current.or(b.pids_current),
-        pids_max: a.pids_max.or(b.pids_max),
-        cpu_periods: a.cpu_periods.or(b.cpu_periods),
-        cpu_throttled_periods: a.cpu_throttled_periods.or(b.cpu_throttled_periods),
-        cpu_throttled_ns: a.cpu_throttled_ns.or(b.cpu_throttled_ns),
-        cpu_bursts: a.cpu_bursts.or(b.cpu_bursts),
-        cpu_burst_ns: a.cpu_burst_ns.or(b.cpu_burst_ns),
-        cpu_quota_us: a.cpu_quota_us.or(b.cpu_quota_us),
-        cpu_period_us: a.cpu_period_us.or(b.cpu_period_us),
-        cpu_shares: a.cpu_shares.or(b.cpu_shares),
+    macro_rules! merge {
+        ([$a:expr, $b:expr] $($bit:ident $f:ident $name:literal;)*) => {
+            Known { $($f: $a.$f.or($b.$f),)* }
+        };
     }
+    known_fields!(merge, a, b)
 }
 
 /// How one field compares across a bracket (files before, iterator, files
@@ -408,45 +387,17 @@ fn judge<T: PartialOrd + Copy>(
 }
 
 /// Every field's verdict for one bracket.
-fn bracket(before: &Known, iter: &Known, after: &Known) -> [(u32, Verdict, String); 19] {
-    let show = |f: &dyn Fn(&Known) -> String| {
-        format!(
-            "files {} then {}, iterator {}",
-            f(before),
-            f(after),
-            f(iter)
-        )
-    };
-    macro_rules! field {
-        ($bit:expr, $f:ident) => {
-            (
-                $bit,
-                judge(before.$f, iter.$f, after.$f, Fields::MONOTONIC & $bit != 0),
-                show(&|k: &Known| format!("{:?}", k.$f)),
-            )
+fn bracket(before: &Known, iter: &Known, after: &Known) -> Vec<(u32, Verdict, String)> {
+    macro_rules! bracket {
+        ([$b:expr, $i:expr, $a:expr] $($bit:ident $f:ident $name:literal;)*) => {
+            vec![$((
+                Fields::$bit,
+                judge($b.$f, $i.$f, $a.$f, Fields::MONOTONIC & Fields::$bit != 0),
+                format!("files {:?} then {:?}, iterator {:?}", $b.$f, $a.$f, $i.$f),
+            )),*]
         };
     }
-    [
-        field!(Fields::CPU_USAGE, cpu_usage_ns),
-        field!(Fields::MEMORY_USAGE, memory_usage),
-        field!(Fields::MEMORY_MAX_USAGE, memory_max_usage),
-        field!(Fields::MEMORY_LIMIT, memory_limit),
-        field!(Fields::SWAP_LIMIT, memory_swap_limit),
-        field!(Fields::SWAP_USAGE, swap_usage),
-        field!(Fields::MEMORY_FAILCNT, memory_failcnt),
-        field!(Fields::MEMORY_KERNEL, memory_kernel),
-        field!(Fields::MEMORY_RESERVATION, memory_reservation),
-        field!(Fields::PIDS_CURRENT, pids_current),
-        field!(Fields::PIDS_MAX, pids_max),
-        field!(Fields::CPU_PERIODS, cpu_periods),
-        field!(Fields::CPU_THROTTLED, cpu_throttled_periods),
-        field!(Fields::CPU_THROTTLED_NS, cpu_throttled_ns),
-        field!(Fields::CPU_BURSTS, cpu_bursts),
-        field!(Fields::CPU_BURST_NS, cpu_burst_ns),
-        field!(Fields::CPU_QUOTA, cpu_quota_us),
-        field!(Fields::CPU_PERIOD, cpu_period_us),
-        field!(Fields::CPU_SHARES, cpu_shares),
-    ]
+    known_fields!(bracket, before, iter, after)
 }
 
 /// A pass's records, sorted by kernfs id.
@@ -712,7 +663,7 @@ impl IterSource {
                     (None, _) => Known::default(),
                 };
                 let judged = t.fields() & if root { Fields::CPU_USAGE } else { !0 };
-                let failed = |v: &[(u32, Verdict, String); 19]| {
+                let failed = |v: &[(u32, Verdict, String)]| {
                     v.iter()
                         .find(|(bit, verdict, _)| {
                             judged & bit != 0 && *verdict == Verdict::Mismatch
