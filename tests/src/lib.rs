@@ -184,6 +184,13 @@ impl Agent {
         Metrics(r.body)
     }
 
+    /// `/metrics/agent`: the agent's own metrics.
+    pub fn scrape_agent(&self) -> Metrics {
+        let r = self.get("/metrics/agent", None).expect("scrape");
+        assert_eq!(r.status, 200);
+        Metrics(r.body)
+    }
+
     /// `/metrics` in OpenMetrics, validated by prometheus_client.
     pub fn scrape_openmetrics(&self) -> Metrics {
         let r = self

@@ -223,11 +223,6 @@ fn tree_series(body: &str, prefix: &str) -> HashMap<String, String> {
         .collect()
 }
 
-fn agent_counter(agent: &tests::Agent, name: &str) -> f64 {
-    let body = agent.get("/metrics/agent", None).unwrap().body;
-    tests::Metrics(body).value(name, &[]).unwrap_or(0.0)
-}
-
 #[test]
 fn files_and_iterator_collectors_serve_the_same_metrics() {
     let test = "files_and_iterator_collectors_serve_the_same_metrics";
@@ -288,8 +283,8 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
     let files = tests::Agent::start(&args("files"));
     let iter = tests::Agent::start(&args("iter"));
     let mode = |a: &tests::Agent, m: &str| {
-        let body = a.get("/metrics/agent", None).unwrap().body;
-        tests::Metrics(body).value("cgscope_mode", &[("subsystem", "collector"), ("mode", m)])
+        let labels = [("subsystem", "collector"), ("mode", m)];
+        a.scrape_agent().value("cgscope_mode", &labels)
     };
     assert_eq!(mode(&files, "files"), Some(1.0));
     assert_eq!(mode(&iter, "iter"), Some(1.0), "{}", iter.log());
@@ -360,16 +355,16 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
     );
 
     // The iterator agent really read fewer files for the same work.
+    let counter = |a: &tests::Agent, name: &str| a.scrape_agent().value(name, &[]).unwrap_or(0.0);
     let per = |a: &tests::Agent| {
-        agent_counter(a, "cgscope_collection_files_read_total")
-            / agent_counter(a, "cgscope_collections_total")
+        counter(a, "cgscope_collection_files_read_total") / counter(a, "cgscope_collections_total")
     };
     let (pf, pi) = (per(&files), per(&iter));
     assert!(
-        pi < pf - 3.0,
+        pi < pf - 10.0,
         "files per collection: files {pf:.1}, iter {pi:.1}"
     );
-    assert!(agent_counter(&iter, "cgscope_collector_iter_cgroups_total") > 40.0);
+    assert!(counter(&iter, "cgscope_collector_iter_cgroups_total") > 40.0);
     for mut c in children {
         let _ = c.kill();
         let _ = c.wait();

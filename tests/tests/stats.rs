@@ -352,8 +352,7 @@ fn traffic_from_a_network_namespace_shows_up_in_transmit_bytes() {
 
 /// The `stuck` count of `cgscope_collection_errors_total`.
 fn stuck_errors(a: &Agent) -> f64 {
-    let body = a.get("/metrics/agent", None).unwrap().body;
-    tests::Metrics(body)
+    a.scrape_agent()
         .value("cgscope_collection_errors_total", &[("reason", "stuck")])
         .unwrap_or(0.0)
 }
@@ -406,8 +405,7 @@ fn a_collection_that_hangs_holds_up_only_itself() {
     );
     // Everything else is collected on a fresh thread, again and again.
     let collections = |a: &Agent| {
-        let body = a.get("/metrics/agent", None).unwrap().body;
-        tests::Metrics(body)
+        a.scrape_agent()
             .value("cgscope_collections_total", &[])
             .unwrap_or(0.0)
     };
