@@ -270,6 +270,10 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
         };
         children.push(tree.spawn_in(&["cpu", "cpuacct", "memory", "pids"], &rel, &script));
     }
+    // Only this tree (and `/`), so the files read per collection below
+    // are this tree's, not those of whatever else runs meanwhile.
+    let prefix = tree.path("");
+    let only = prefix.as_str();
     let args = |mode: &'static str| {
         [
             "--collector",
@@ -278,6 +282,8 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
             "1s",
             "--max-housekeeping-interval",
             "1s",
+            "--raw-cgroup-prefix-whitelist",
+            only,
         ]
     };
     let files = tests::Agent::start(&args("files"));
@@ -320,7 +326,6 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
     // Each series must, at some point, show the files agent's value twice
     // in a row with the iterator agent's value in between: a value the
     // iterator gets wrong never does.
-    let prefix = tree.path("");
     let mut pending: Option<HashMap<String, (String, String)>> = None;
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(90) {
