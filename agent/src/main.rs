@@ -186,11 +186,18 @@ async fn run(config: Config) -> Result<()> {
         }
     };
 
+    let (groups, unsupported) =
+        Groups::from_flags(config.enable_metrics.as_deref(), &config.disable_metrics)
+            .map_err(|e| anyhow::anyhow!("--enable-metrics/--disable-metrics: {e}"))?;
+    if !unsupported.is_empty() {
+        tracing::warn!(groups = ?unsupported, "these cAdvisor metric groups are accepted but not collected by cgscope");
+    }
     let (collector_mode, iter) = choose_collector(
         &config,
         started.iter.take(),
         started.iter_unavailable.take(),
         &hierarchies,
+        &groups,
     )
     .await?;
     let kernel = started.kernel;
@@ -247,12 +254,6 @@ async fn run(config: Config) -> Result<()> {
         registry_tx.clone(),
         runtime_errors.clone(),
     );
-    let (groups, unsupported) =
-        Groups::from_flags(config.enable_metrics.as_deref(), &config.disable_metrics)
-            .map_err(|e| anyhow::anyhow!("--enable-metrics/--disable-metrics: {e}"))?;
-    if !unsupported.is_empty() {
-        tracing::warn!(groups = ?unsupported, "these cAdvisor metric groups are accepted but not collected by cgscope");
-    }
     let cache = Arc::new(StatsCache::new(
         config.storage_duration,
         config.housekeeping_interval,
@@ -462,12 +463,13 @@ async fn choose_collector(
     iter: Option<ebpf::iter::CgroupIter>,
     unavailable: Option<String>,
     hierarchies: &Hierarchies,
+    groups: &Groups,
 ) -> Result<(&'static str, Option<IterSource>)> {
     let forced = config.collector == CollectorMode::Iter;
     if config.collector == CollectorMode::Files {
         return Ok(("files", None));
     }
-    let why = match iter.map(|it| IterSource::new(it, hierarchies)) {
+    let why = match iter.map(|it| IterSource::new(it, hierarchies, groups)) {
         Some(Some(mut source)) => {
             let checked = tokio::task::spawn_blocking(move || {
                 let report = source.self_check();
@@ -491,7 +493,7 @@ async fn choose_collector(
                 (_, Err(mismatch)) => format!("it disagrees with the cgroup files: {mismatch}"),
             }
         }
-        Some(None) => "no hierarchy holds a controller it reads".to_owned(),
+        Some(None) => "no hierarchy holds a controller it reads for the enabled metrics".to_owned(),
         None => match unavailable {
             Some(why) => why,
             // eBPF as a whole is not there, and that was logged.

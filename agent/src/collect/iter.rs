@@ -34,6 +34,7 @@ use crate::{
         stats::{Cpu, Known, Spec},
         v1::{self, limited},
     },
+    config::Groups,
     ebpf::iter::CgroupIter,
     errors::ErrorCounts,
 };
@@ -68,8 +69,10 @@ pub struct Target {
 impl Target {
     /// The hierarchies holding memory, cpuacct, cpu or pids (cgroup2 only
     /// on a pure v2 host, and there memory and pids only: its CPU usage is
-    /// an rstat sum the iterator cannot flush, so cpu.stat is read anyway).
-    pub fn all(h: &Hierarchies) -> Vec<Self> {
+    /// an rstat sum the iterator cannot flush, so cpu.stat is read anyway),
+    /// for the metric groups enabled: nothing is walked to be thrown away.
+    pub fn all(h: &Hierarchies, groups: &Groups) -> Vec<Self> {
+        let memory = groups.memory || groups.oom_event;
         let pure_v2 = h.list.iter().all(|x| x.version == Version::V2);
         h.list
             .iter()
@@ -82,10 +85,10 @@ impl Target {
                     hierarchy: x.id,
                     mount: x.mount.clone(),
                     v2,
-                    memory: x.has("memory"),
-                    cpuacct: !v2 && x.has("cpuacct"),
-                    pids: x.has("pids"),
-                    cpu: !v2 && x.has("cpu"),
+                    memory: memory && x.has("memory"),
+                    cpuacct: groups.cpu && !v2 && x.has("cpuacct"),
+                    pids: groups.process && x.has("pids"),
+                    cpu: groups.cpu && !v2 && x.has("cpu"),
                 };
                 (t.memory || t.cpuacct || t.pids || t.cpu).then_some(t)
             })
@@ -485,9 +488,10 @@ impl fmt::Debug for IterSource {
 }
 
 impl IterSource {
-    /// `None` when no hierarchy holds a controller the iterator reads.
-    pub fn new(iter: CgroupIter, hierarchies: &Hierarchies) -> Option<Self> {
-        let targets = Target::all(hierarchies);
+    /// `None` when no hierarchy holds a controller the iterator reads for
+    /// the enabled metric groups.
+    pub fn new(iter: CgroupIter, hierarchies: &Hierarchies, groups: &Groups) -> Option<Self> {
+        let targets = Target::all(hierarchies, groups);
         if targets.is_empty() {
             return None;
         }
@@ -873,13 +877,23 @@ mod tests {
                 h(5, Version::V1, &["memory"], "/sys/fs/cgroup/memory"),
             ],
         };
-        let t = Target::all(&hybrid);
+        let t = Target::all(&hybrid, &Groups::all());
         assert_eq!(t.iter().map(|t| t.hierarchy).collect::<Vec<_>>(), [3, 4, 5]);
+        let no_cpu = Groups {
+            cpu: false,
+            ..Groups::all()
+        };
+        let t2 = Target::all(&hybrid, &no_cpu);
+        assert_eq!(
+            t2.iter().map(|t| t.hierarchy).collect::<Vec<_>>(),
+            [5],
+            "nothing walked in vain"
+        );
         assert!(t[0].cpu && t[1].cpuacct && !t[1].memory && t[2].memory);
         let v2 = Hierarchies {
             list: vec![h(0, Version::V2, &["cpu", "memory"], "/sys/fs/cgroup")],
         };
-        let t = Target::all(&v2);
+        let t = Target::all(&v2, &Groups::all());
         assert_eq!(t.len(), 1);
         assert!(t[0].v2 && t[0].memory && !t[0].cpuacct && !t[0].cpu);
         assert_eq!(t[0].dir("/a/b"), Path::new("/sys/fs/cgroup/a/b"));
