@@ -35,11 +35,13 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = OomSource::Auto)]
     pub oom_source: OomSource,
 
-    /// How memory usage, max usage, limits and cpuacct usage are read: an
-    /// eBPF cgroup iterator pass per hierarchy (`iter`), their cgroup files
-    /// (`files`), or `auto`: the iterator if it loads and agrees with the
-    /// files on a sample of cgroups at start, the files otherwise. Every
-    /// other value is read from files in all modes.
+    /// How memory usage, max usage, failcnt, kernel memory and limits,
+    /// cpuacct usage, cpu shares, CFS quota, period and throttling, and
+    /// pids current/max are read: an eBPF cgroup iterator pass per
+    /// hierarchy (`iter`), their cgroup files (`files`), or `auto`: the
+    /// iterator if it loads and agrees with the files on a sample of
+    /// cgroups at start, the files otherwise. Every other value is read
+    /// from files in all modes.
     #[arg(long, value_enum, default_value_t = CollectorMode::Auto)]
     pub collector: CollectorMode,
 
