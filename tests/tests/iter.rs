@@ -1,6 +1,7 @@
 //! The eBPF cgroup iterator against the kernel's own files: every value it
 //! reads in the kernel must equal what the cgroup files say, read just
-//! before and just after it (bracketed), for hundreds of real cgroups.
+//! before and just after it (bracketed), for hundreds of real cgroups; and
+//! an agent collecting with it must serve what one reading files serves.
 
 use std::{
     collections::HashMap, fs, os::unix::fs::MetadataExt as _, path::Path, process::Command,
