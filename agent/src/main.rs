@@ -452,6 +452,7 @@ fn start_ebpf(config: &Config) -> Result<Started> {
             Err(e) => started.iter_unavailable = Some(e.to_string()),
         }
     }
+    kernel.forget_btf();
     started.kernel = Some(kernel);
     Ok(started)
 }

@@ -12,7 +12,7 @@ use thiserror::Error;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum BtfError {
     #[error("reading {0}: {1}")]
     Read(String, String),

@@ -253,8 +253,7 @@ impl CgroupIter {
     /// globals, and maps its output array.
     pub fn new(kernel: &mut Kernel) -> Result<Self, EbpfError> {
         const NAME: &str = "cgroup_stats";
-        let btf =
-            aya::Btf::from_sys_fs().map_err(|e| EbpfError::Unusable(format!("kernel BTF: {e}")))?;
+        let btf = super::aya_btf(&mut kernel.aya_btf)?;
         let program = kernel.ebpf.program_mut(NAME).ok_or(EbpfError::Program {
             name: NAME,
             source: aya::programs::ProgramError::UnexpectedProgramType,
@@ -262,7 +261,7 @@ impl CgroupIter {
         let iter: &mut Iter = program
             .try_into()
             .map_err(|source| EbpfError::Program { name: NAME, source })?;
-        iter.load("cgroup", &btf)
+        iter.load("cgroup", btf)
             .map_err(|source| EbpfError::Program { name: NAME, source })?;
         let prog: OwnedFd = iter
             .fd()

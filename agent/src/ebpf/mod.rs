@@ -80,6 +80,9 @@ pub struct Kernel {
     cgroup_unusable: Option<String>,
     oom_btf_unusable: Option<String>,
     oom_tp_unusable: Option<String>,
+    /// The kernel's BTF as aya loads programs against it: parsed on the
+    /// first program that needs it, dropped by [`Kernel::forget_btf`].
+    aya_btf: Option<aya::Btf>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -131,7 +134,10 @@ impl Kernel {
             tracing::info!(path = %tracefs.display(), "mounted tracefs");
         }
         let cgroup = CgroupLayout::read(&tracefs);
-        let oom_btf = btf::Btf::from_sys().and_then(|b| OomBtfLayout::from_btf(&b));
+        // Parsed once for every layout that needs it, then dropped.
+        let kernel_btf = btf::Btf::from_sys();
+        let with_btf = || kernel_btf.as_ref().map_err(Clone::clone);
+        let oom_btf = with_btf().and_then(OomBtfLayout::from_btf);
         let oom_tp = MarkVictimLayout::read(&tracefs);
         let mut globals: Vec<(&'static str, u32)> = Vec::new();
         if let Ok(l) = &cgroup {
@@ -145,7 +151,7 @@ impl Kernel {
         }
         if iter_capacity > 0 {
             let cpus = iter::possible_cpus(std::path::Path::new("/sys")).unwrap_or(0);
-            match btf::Btf::from_sys().and_then(|b| iter::IterLayout::from_btf(&b, cpus)) {
+            match with_btf().and_then(|b| iter::IterLayout::from_btf(b, cpus)) {
                 Ok(l) => globals.extend(l.globals()),
                 Err(e) => {
                     tracing::warn!(error = %e, "the cgroup iterator's offsets are not in this kernel's BTF")
@@ -166,6 +172,7 @@ impl Kernel {
             ebpf,
             attached: Vec::new(),
             tracefs,
+            aya_btf: None,
             cgroup_unusable: cgroup.err().map(|e| e.to_string()),
             oom_btf_unusable: oom_btf.err().map(|e| format!("kernel BTF: {e}")),
             oom_tp_unusable: oom_tp
@@ -202,8 +209,7 @@ impl Kernel {
     }
 
     fn attach_btf_tracepoint(&mut self, name: &'static str, event: &str) -> Result<(), EbpfError> {
-        let btf =
-            aya::Btf::from_sys_fs().map_err(|e| EbpfError::Unusable(format!("kernel BTF: {e}")))?;
+        let btf = aya_btf(&mut self.aya_btf)?;
         let program = self.ebpf.program_mut(name).ok_or(EbpfError::Program {
             name,
             source: aya::programs::ProgramError::UnexpectedProgramType,
@@ -211,7 +217,7 @@ impl Kernel {
         let tp: &mut BtfTracePoint = program
             .try_into()
             .map_err(|source| EbpfError::Program { name, source })?;
-        tp.load(event, &btf)
+        tp.load(event, btf)
             .map_err(|source| EbpfError::Program { name, source })?;
         tp.attach()
             .map_err(|source| EbpfError::Program { name, source })?;
@@ -246,6 +252,22 @@ impl Kernel {
     pub fn attached(&self) -> &[&'static str] {
         &self.attached
     }
+
+    /// Every program is loaded: the parsed BTF (megabytes) can go.
+    pub fn forget_btf(&mut self) {
+        self.aya_btf = None;
+    }
+}
+
+/// The kernel's BTF for loading programs, parsed into `slot` once.
+fn aya_btf(slot: &mut Option<aya::Btf>) -> Result<&aya::Btf, EbpfError> {
+    let btf = match slot.take() {
+        Some(btf) => btf,
+        None => {
+            aya::Btf::from_sys_fs().map_err(|e| EbpfError::Unusable(format!("kernel BTF: {e}")))?
+        }
+    };
+    Ok(slot.insert(btf))
 }
 
 impl Kernel {
