@@ -75,6 +75,18 @@ impl Hierarchy {
         }
     }
 
+    /// A task's cgroup in this hierarchy, relative to our mount, from the
+    /// text of its `/proc/<pid>/cgroup`.
+    pub fn path_of<'a>(&self, proc_cgroup: &'a str) -> Option<&'a str> {
+        let path = proc_cgroup.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let id: u32 = parts.next()?.parse().ok()?;
+            let _controllers = parts.next()?;
+            (id == self.id).then(|| parts.next()).flatten()
+        })?;
+        self.mount_relative(path)
+    }
+
     /// The directory of a container path (relative to the mount).
     pub fn dir(&self, path: &str) -> PathBuf {
         self.mount.join(path.trim_start_matches('/'))
@@ -198,6 +210,22 @@ fn has_controller(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tasks_line_of_proc_cgroup() {
+        let mut h = Hierarchy {
+            id: 4,
+            version: Version::V1,
+            controllers: vec!["memory".into()],
+            mount: "/sys/fs/cgroup/memory".into(),
+            mount_root: "/".into(),
+        };
+        let text = "9:name=systemd:/\n4:memory:/test/oom1\n0::/\n";
+        assert_eq!(h.path_of(text), Some("/test/oom1"));
+        assert_eq!(h.path_of("0::/x\n"), None);
+        h.mount_root = "/test".into();
+        assert_eq!(h.path_of(text), Some("/oom1"), "relative to the mount");
+    }
 
     fn fixture(name: &str) -> Hierarchies {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mountinfo");

@@ -29,7 +29,7 @@ use agent_common::{
 
 use crate::{
     cgroup::{
-        hierarchy::{Hierarchies, Version},
+        hierarchy::{Hierarchies, Hierarchy, Version},
         read::Reader,
         stats::{Cpu, Known, Spec},
         v1::{self, limited},
@@ -56,8 +56,7 @@ const CHECK_ATTEMPTS: usize = 3;
 /// One hierarchy the iterator walks.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub hierarchy: u32,
-    pub mount: PathBuf,
+    pub hierarchy: Hierarchy,
     pub v2: bool,
     pub memory: bool,
     pub cpuacct: bool,
@@ -82,8 +81,7 @@ impl Target {
                     return None;
                 }
                 let t = Target {
-                    hierarchy: x.id,
-                    mount: x.mount.clone(),
+                    hierarchy: x.clone(),
                     v2,
                     memory: memory && x.has("memory"),
                     cpuacct: groups.cpu && !v2 && x.has("cpuacct"),
@@ -93,10 +91,6 @@ impl Target {
                 (t.memory || t.cpuacct || t.pids || t.cpu).then_some(t)
             })
             .collect()
-    }
-
-    fn dir(&self, path: &str) -> PathBuf {
-        self.mount.join(path.trim_start_matches('/'))
     }
 
     /// The [`Fields`] bits this hierarchy's passes give.
@@ -527,7 +521,7 @@ impl IterSource {
     ) -> Known {
         let mut k = Known::default();
         for t in &self.targets {
-            let Some(&id) = ids.get(&t.hierarchy) else {
+            let Some(&id) = ids.get(&t.hierarchy.id) else {
                 continue;
             };
             let shared = round.and_then(|r| self.shared(r, t, e));
@@ -545,15 +539,15 @@ impl IterSource {
 
     fn shared(&self, round: &Round, t: &Target, e: &ErrorCounts) -> Option<Arc<Table>> {
         let mut tables = round.tables.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tab) = tables.get(&t.hierarchy) {
+        if let Some(tab) = tables.get(&t.hierarchy.id) {
             if tab.at.elapsed() < MAX_AGE {
                 return Some(tab.clone());
             }
         }
-        match self.walk(&t.mount, Some(t.hierarchy)) {
+        match self.walk(&t.hierarchy.mount, Some(t.hierarchy.id)) {
             Ok(records) => {
                 let tab = Arc::new(Table::new(records));
-                tables.insert(t.hierarchy, tab.clone());
+                tables.insert(t.hierarchy.id, tab.clone());
                 Some(tab)
             }
             Err(err) => {
@@ -561,17 +555,17 @@ impl IterSource {
                     "iterator_failed",
                     format!(
                         "cgroup iterator over {}: {err}; reading files",
-                        t.mount.display()
+                        t.hierarchy.mount.display()
                     ),
                 );
-                tables.remove(&t.hierarchy);
+                tables.remove(&t.hierarchy.id);
                 None
             }
         }
     }
 
     fn own(&self, t: &Target, path: &str, id: u64, e: &ErrorCounts) -> Option<CgroupStats> {
-        let dir = t.dir(path);
+        let dir = t.hierarchy.dir(path);
         match self.walk(&dir, None) {
             // Pre-order: the first record is the directory itself, unless
             // it was replaced by another of the same name meanwhile.
@@ -633,13 +627,13 @@ impl IterSource {
             // to the very counters it reads, so the files are the
             // perturbed side.
             let mine = own_dir(&own, &t);
-            let mut sample = sample_dirs(&t.mount, CHECK_SAMPLE, mine.as_deref());
+            let mut sample = sample_dirs(&t.hierarchy.mount, CHECK_SAMPLE, mine.as_deref());
             // The root's cpuacct usage is the same sum in the files and
             // the kernel, and always moving: it checks the per-CPU walk
             // even in a hierarchy without children.
             if t.cpuacct {
-                if let Ok(meta) = std::fs::metadata(&t.mount) {
-                    sample.push((t.mount.clone(), meta.ino()));
+                if let Ok(meta) = std::fs::metadata(&t.hierarchy.mount) {
+                    sample.push((t.hierarchy.mount.clone(), meta.ino()));
                 }
             }
             cgroups += sample.len();
@@ -652,12 +646,17 @@ impl IterSource {
             };
             let before = read_all();
             let table = Table::new(
-                self.walk(&t.mount, Some(t.hierarchy))
-                    .map_err(|err| format!("cgroup iterator over {}: {err}", t.mount.display()))?,
+                self.walk(&t.hierarchy.mount, Some(t.hierarchy.id))
+                    .map_err(|err| {
+                        format!(
+                            "cgroup iterator over {}: {err}",
+                            t.hierarchy.mount.display()
+                        )
+                    })?,
             );
             let after = read_all();
             for (i, (dir, id)) in sample.iter().enumerate() {
-                let root = *dir == t.mount;
+                let root = *dir == t.hierarchy.mount;
                 let seen = |rec: Option<&CgroupStats>| match (rec, root) {
                     (Some(rec), false) => known_from(rec, &t, self.page),
                     (Some(rec), true) => Known {
@@ -704,7 +703,7 @@ impl IterSource {
                 }
             }
             // The cost of a pass rooted at one cgroup, for [`Self::round`].
-            if let Some((dir, _)) = sample.iter().find(|(d, _)| *d != t.mount) {
+            if let Some((dir, _)) = sample.iter().find(|(d, _)| *d != t.hierarchy.mount) {
                 let _ = self.walk(dir, None);
             }
         }
@@ -723,13 +722,8 @@ impl IterSource {
 
 /// The agent's directory in `t` (from `/proc/self/cgroup`'s text).
 fn own_dir(proc_self_cgroup: &str, t: &Target) -> Option<PathBuf> {
-    proc_self_cgroup.lines().find_map(|l| {
-        let mut it = l.splitn(3, ':');
-        let id: u32 = it.next()?.parse().ok()?;
-        let _controllers = it.next()?;
-        let path = it.next()?;
-        (id == t.hierarchy).then(|| t.dir(path))
-    })
+    let path = t.hierarchy.path_of(proc_self_cgroup)?;
+    Some(t.hierarchy.dir(path))
 }
 
 /// Up to `n` cgroup directories below `root` (not `root` itself),
@@ -764,12 +758,16 @@ fn sample_dirs(root: &Path, n: usize, skip: Option<&Path>) -> Vec<(PathBuf, u64)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::hierarchy::Hierarchy;
 
     fn target(v2: bool) -> Target {
         Target {
-            hierarchy: 4,
-            mount: PathBuf::from("/sys/fs/cgroup/memory"),
+            hierarchy: Hierarchy {
+                id: 4,
+                version: if v2 { Version::V2 } else { Version::V1 },
+                controllers: vec!["memory".into()],
+                mount: PathBuf::from("/sys/fs/cgroup/memory"),
+                mount_root: "/".into(),
+            },
             v2,
             memory: true,
             cpuacct: !v2,
@@ -878,14 +876,17 @@ mod tests {
             ],
         };
         let t = Target::all(&hybrid, &Groups::all());
-        assert_eq!(t.iter().map(|t| t.hierarchy).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(
+            t.iter().map(|t| t.hierarchy.id).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
         let no_cpu = Groups {
             cpu: false,
             ..Groups::all()
         };
         let t2 = Target::all(&hybrid, &no_cpu);
         assert_eq!(
-            t2.iter().map(|t| t.hierarchy).collect::<Vec<_>>(),
+            t2.iter().map(|t| t.hierarchy.id).collect::<Vec<_>>(),
             [5],
             "nothing walked in vain"
         );
@@ -896,7 +897,7 @@ mod tests {
         let t = Target::all(&v2, &Groups::all());
         assert_eq!(t.len(), 1);
         assert!(t[0].v2 && t[0].memory && !t[0].cpuacct && !t[0].cpu);
-        assert_eq!(t[0].dir("/a/b"), Path::new("/sys/fs/cgroup/a/b"));
+        assert_eq!(t[0].hierarchy.dir("/a/b"), Path::new("/sys/fs/cgroup/a/b"));
     }
 
     #[test]
@@ -905,10 +906,8 @@ mod tests {
         for d in ["a/b", "a/c", "d", "e/f"] {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
         }
-        let t = Target {
-            mount: root.path().to_owned(),
-            ..target(false)
-        };
+        let mut t = target(false);
+        t.hierarchy.mount = root.path().to_owned();
         let own = own_dir("0::/\n4:memory:/a/b\n2:cpuacct:/x\n", &t).unwrap();
         assert_eq!(own, root.path().join("a/b"));
         let mut got: Vec<String> = sample_dirs(root.path(), 10, Some(&own))

@@ -166,37 +166,12 @@ fn find_by_inode(dir: &Path, path: &str, ino: u64) -> Option<String> {
 /// The memory cgroup of `pid` from `/proc/<pid>/cgroup`.
 pub(crate) fn victim_from_proc(pid: u32, memory: &Hierarchy) -> Option<Arc<str>> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = memory_path(&text, memory)?;
-    memory.mount_relative(path).map(Arc::from)
-}
-
-fn memory_path<'a>(proc_cgroup: &'a str, memory: &Hierarchy) -> Option<&'a str> {
-    proc_cgroup.lines().find_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let id: u32 = parts.next()?.parse().ok()?;
-        let _ = parts.next()?;
-        (id == memory.id).then(|| parts.next()).flatten()
-    })
+    memory.path_of(&text).map(Arc::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::hierarchy::Version;
-
-    #[test]
-    fn memory_line_of_proc_cgroup() {
-        let h = Hierarchy {
-            id: 4,
-            version: Version::V1,
-            controllers: vec!["memory".into()],
-            mount: "/sys/fs/cgroup/memory".into(),
-            mount_root: "/".into(),
-        };
-        let text = "9:name=systemd:/\n4:memory:/test/oom1\n0::/\n";
-        assert_eq!(memory_path(text, &h), Some("/test/oom1"));
-        assert_eq!(memory_path("0::/x\n", &h), None);
-    }
 
     #[test]
     fn finds_a_directory_by_inode() {
