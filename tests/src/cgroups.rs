@@ -148,6 +148,38 @@ fn kill_members(dir: &Path) {
 }
 
 /// Waits until `cond` holds, polling; panics with `what` after `timeout`.
+/// The whole disk (major, minor) that holds `dir` (throttle rules and
+/// cAdvisor's device labels are per disk, not per partition).
+pub fn disk_of(dir: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt as _;
+    let dev = fs::metadata(dir).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let sys = fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).unwrap();
+    if sys.join("partition").exists() {
+        let parent = fs::read_to_string(sys.parent().unwrap().join("dev")).unwrap();
+        let (a, b) = parent.trim().split_once(':').unwrap();
+        return (a.parse().unwrap(), b.parse().unwrap());
+    }
+    (major, minor)
+}
+
+/// v1 counts a cgroup's I/O per device only under a throttle rule for that
+/// device on it or an ancestor (unless the disk uses BFQ): sets rules far
+/// above anything a test reaches on `dir` (a blkio cgroup directory).
+pub fn count_io_on_disk_of(dir: &Path, blkio_dir: &Path) {
+    let (major, minor) = disk_of(dir);
+    for file in [
+        "blkio.throttle.read_bps_device",
+        "blkio.throttle.write_bps_device",
+    ] {
+        fs::write(
+            blkio_dir.join(file),
+            format!("{major}:{minor} 100000000000"),
+        )
+        .unwrap_or_else(|e| panic!("{}/{file}: {e}", blkio_dir.display()));
+    }
+}
+
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {

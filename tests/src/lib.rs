@@ -29,24 +29,29 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Whether a missing privilege must fail the test instead of skipping it
-/// (CI runs as root and sets this, so nothing passes by skipping there).
-pub fn strict() -> bool {
-    std::env::var_os("CGSCOPE_TEST_STRICT").is_some_and(|v| v != "0")
-}
+pub use testkit::{skip, strict};
 
-/// Returns false (after saying so) when the test cannot run here.
+/// Returns false (after recording the skip) when the test cannot run here.
 #[must_use]
 pub fn require_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    assert!(
-        !strict(),
-        "{test} needs root and CGSCOPE_TEST_STRICT is set"
-    );
-    eprintln!("SKIPPED {test}: needs root (run `cargo xtask test` as root)");
+    skip(&format!(
+        "{test} needs root (run `cargo xtask test` as root)"
+    ));
     false
+}
+
+/// A tool's path, from `PATH` (and the sbin folders a non-login root shell
+/// may lack); `None` when it is not installed.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
 }
 
 /// Whether the eBPF object must have loaded (set by `cargo xtask test`, which

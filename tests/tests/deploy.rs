@@ -13,7 +13,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{cgroups::wait_for, prometheus::Prometheus, require_root, strict, Agent};
+use tests::{cgroups::wait_for, prometheus::Prometheus, require_root, skip, Agent};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -26,11 +26,9 @@ fn tool(test: &str, cmd: &mut Command) -> Option<Output> {
         Ok(out) => Some(out),
         Err(e) => {
             let what = format!("{:?}", cmd.get_program());
-            assert!(
-                !strict(),
-                "{test}: {what} is needed (.ci/run installs it): {e}"
-            );
-            eprintln!("SKIPPED {test}: {what} missing");
+            skip(&format!(
+                "{test}: {what} is needed (`cargo xtask test` installs it): {e}"
+            ));
             None
         }
     }
@@ -54,12 +52,10 @@ fn release_bin(test: &str) -> Option<PathBuf> {
     if bin.exists() {
         return Some(bin);
     }
-    assert!(
-        !strict(),
+    skip(&format!(
         "{test}: {} is missing (cargo xtask test builds it)",
         bin.display()
-    );
-    eprintln!("SKIPPED {test}: no release build");
+    ));
     None
 }
 
@@ -176,11 +172,9 @@ fn kubernetes_manifests_render_validate_and_agree() {
             .output()
             .expect("python3");
         if String::from_utf8_lossy(&out.stderr).contains("No module named") {
-            assert!(
-                !strict(),
-                "{test}: kubernetes-validate (PyPI) is needed; .ci/run installs it"
-            );
-            eprintln!("SKIPPED {test}: pip install kubernetes-validate");
+            skip(&format!(
+                "{test}: kubernetes-validate (PyPI) is needed; `cargo xtask test` installs it"
+            ));
             return;
         }
         ok(&out, &format!("kubernetes-validate {variant}"));
@@ -289,11 +283,7 @@ fn kubernetes_manifests_render_validate_and_agree() {
             std::fs::write(&json, serde_json::to_string(&monitors).unwrap()).unwrap();
             let check = repo().join("tests/deploy-check");
             if !check.join("node_modules").exists() {
-                assert!(
-                    !strict(),
-                    "tests/deploy-check needs `npm ci` (cargo xtask test runs it where npm is installed)"
-                );
-                eprintln!("SKIPPED monitor schemas: run `npm ci --prefix tests/deploy-check`");
+                skip("the monitor schemas need `npm ci --prefix tests/deploy-check` (`cargo xtask test` runs it)");
                 continue;
             }
             let Some(out) = tool(
@@ -536,7 +526,6 @@ fn kubernetes_scrape_config_relabels_like_the_kubelet() {
     ]);
     let Some(prom) = Prometheus::start_with_config(&config, &[("pods.json", &pods.to_string())])
     else {
-        eprintln!("SKIPPED {test}: no prometheus");
         return;
     };
     wait_for(

@@ -53,7 +53,9 @@ fn gate(test: &str) -> bool {
         return false;
     }
     if !expect_ebpf() {
-        eprintln!("SKIPPED {test}: CGSCOPE_EXPECT_EBPF is not set (run `cargo xtask test`)");
+        tests::skip(&format!(
+            "{test}: CGSCOPE_EXPECT_EBPF is not set (run `cargo xtask test`)"
+        ));
         return false;
     }
     true

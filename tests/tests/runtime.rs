@@ -160,11 +160,9 @@ fn podman_containers_get_their_name_image_limits_and_oom_count() {
         return;
     }
     let Some(podman) = Podman::new() else {
-        assert!(
-            !tests::strict(),
-            "podman, runc and busybox-static are needed (.ci/run installs them)"
+        tests::skip(
+            "podman, runc and busybox-static are needed (`cargo xtask test` installs them)",
         );
-        eprintln!("SKIPPED podman test: podman, runc or busybox missing");
         return;
     };
     let agent = Agent::start(&[

@@ -3,14 +3,13 @@
 
 use std::{
     fs,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
 };
 
 use tests::{
-    cgroups::{wait_for, CgroupTree},
+    cgroups::{count_io_on_disk_of, disk_of, wait_for, CgroupTree},
     require_root, Agent,
 };
 
@@ -162,18 +161,6 @@ fn memory_usage_matches_the_memory_files() {
 }
 
 /// The whole disk behind `dir`'s filesystem (`major:minor`).
-fn disk_of(dir: &Path) -> (u32, u32) {
-    let dev = fs::metadata(dir).unwrap().dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let sys = fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).unwrap();
-    if sys.join("partition").exists() {
-        let parent = fs::read_to_string(sys.parent().unwrap().join("dev")).unwrap();
-        let (a, b) = parent.trim().split_once(':').unwrap();
-        return (a.parse().unwrap(), b.parse().unwrap());
-    }
-    (major, minor)
-}
-
 #[test]
 fn direct_writes_show_up_in_fs_writes_bytes() {
     if !require_root("direct_writes_show_up_in_fs_writes_bytes") {
@@ -187,14 +174,7 @@ fn direct_writes_show_up_in_fs_writes_bytes() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-io");
     fs::create_dir_all(&dir).unwrap();
     let (major, minor) = disk_of(&dir);
-    // v1 counts a cgroup's I/O per device only once it has a throttle rule
-    // for that device: a rule far above anything reached.
-    fs::write(
-        tree.dir("blkio", "")
-            .join("blkio.throttle.write_bps_device"),
-        format!("{major}:{minor} 100000000000"),
-    )
-    .unwrap();
+    count_io_on_disk_of(&dir, &tree.dir("blkio", ""));
     let file = dir.join(format!("direct-{}", std::process::id()));
     let mut child = tree.spawn_in(
         &hs,
@@ -300,12 +280,8 @@ fn traffic_from_a_network_namespace_shows_up_in_transmit_bytes() {
     if !require_root("traffic_from_a_network_namespace_shows_up_in_transmit_bytes") {
         return;
     }
-    if Command::new("ip").arg("-V").output().is_err() {
-        assert!(
-            !tests::strict(),
-            "iproute2 is needed (installed by .ci/run)"
-        );
-        eprintln!("SKIPPED traffic_from_a_network_namespace_shows_up_in_transmit_bytes: no ip(8)");
+    if tests::which("ip").is_none() {
+        tests::skip("iproute2 is needed (`cargo xtask test` installs it)");
         return;
     }
     let agent = agent();

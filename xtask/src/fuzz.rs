@@ -1,5 +1,5 @@
 //! `cargo xtask fuzz`: the kernel-log parser under libFuzzer (cargo-fuzz,
-//! nightly), seeded with the real OOM logs in `../shared/testdata`.
+//! nightly), seeded with the real OOM logs in `agent/tests/fixtures/kmsg-oom`.
 
 use std::{fs, path::Path, process::Command};
 
@@ -40,7 +40,7 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
     }
     let corpus = root.join("target/fuzz/corpus/kmsg_parser");
     fs::create_dir_all(&corpus)?;
-    seed(&root.join("../shared/testdata/kmsg-oom"), &corpus)?;
+    seed(&root.join("agent/tests/fixtures/kmsg-oom"), &corpus)?;
 
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![bin];
@@ -70,13 +70,8 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
 
 /// Copies every seed file (recursively) into the corpus.
 fn seed(from: &Path, corpus: &Path) -> Result<()> {
-    let Ok(entries) = fs::read_dir(from) else {
-        eprintln!(
-            "xtask: no seed data at {} (fuzzing from scratch)",
-            from.display()
-        );
-        return Ok(());
-    };
+    let entries =
+        fs::read_dir(from).with_context(|| format!("reading the seeds in {}", from.display()))?;
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {

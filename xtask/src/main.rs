@@ -4,6 +4,7 @@ mod bench;
 mod build_ebpf;
 mod cmd;
 mod fuzz;
+mod provision;
 mod run;
 mod test;
 
@@ -43,9 +44,11 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         seconds: u64,
     },
-    /// Build everything and run every test: unit, eBPF and end-to-end.
+    /// Install what the tests use, build everything and run every test:
+    /// unit, eBPF and end-to-end; a test that could not run counts as skipped.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Arguments for every test binary (libtest's: a name filter,
+        /// `--test-threads 1`, …).
         #[arg(last = true)]
         args: Vec<String>,
     },

@@ -505,7 +505,7 @@ mod tests {
                 !Path::new(VMLINUX).exists(),
                 "vmlinux BTF exists but does not parse"
             );
-            eprintln!("SKIPPED this_kernels_vmlinux: no {VMLINUX}");
+            testkit::skip(&format!("no {VMLINUX}"));
             return;
         };
         let (cgroups, shape) = btf.member("task_struct", &["cgroups"]).unwrap();

@@ -539,7 +539,7 @@ mod tests {
     #[test]
     fn layout_from_this_kernel() {
         let Ok(btf) = Btf::from_sys() else {
-            eprintln!("SKIPPED: no kernel BTF");
+            testkit::skip("no kernel BTF");
             return;
         };
         let l = IterLayout::from_btf(&btf, 2).unwrap();

@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn this_kernels_layout() {
         let Ok(btf) = Btf::from_sys() else {
-            eprintln!("SKIPPED this_kernels_layout: no vmlinux BTF");
+            testkit::skip("no vmlinux BTF");
             return;
         };
         let l = OomBtfLayout::from_btf(&btf).unwrap();

@@ -191,7 +191,7 @@ fn everything() -> Sources {
 #[test]
 fn every_cadvisor_family_is_served_alike_or_listed() {
     let golden_path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/cadvisor-golden/prometheus_metrics");
+        .join("tests/fixtures/cadvisor-golden/prometheus_metrics");
     let golden = parse(&std::fs::read_to_string(&golden_path).unwrap());
     let mut text = String::new();
     prometheus_text::encode(&mut text, &registry(everything())).unwrap();

@@ -195,10 +195,7 @@ mod tests {
 
     use super::*;
 
-    const TESTDATA: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/kmsg-oom"
-    );
+    const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kmsg-oom");
 
     /// Parses a file of log lines (any prefix) or kmsg records.
     fn parse_file(name: &str) -> Vec<KillReport> {
