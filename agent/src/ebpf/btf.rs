@@ -30,6 +30,14 @@ pub enum BtfError {
     NotComposite { ty: String, member: String },
     #[error("no enum value `{0}`")]
     NoEnumValue(String),
+    #[error("no BTF tracepoint `{0}` (no `btf_trace_{0}` typedef)")]
+    NoTracepoint(String),
+    #[error("BTF tracepoint `{tp}` passes {found}, not {expected}")]
+    Prototype {
+        tp: String,
+        expected: String,
+        found: String,
+    },
 }
 
 const KIND_INT: u32 = 1;
@@ -67,9 +75,19 @@ enum Type {
         size: u32,
         members: Vec<Member>,
     },
-    /// typedef, const, volatile, restrict, type tag: refer to `ty`.
+    /// typedef, const, volatile, restrict, type tag: refer to `ty` (`name`
+    /// is a typedef's, else 0).
     Alias {
+        name: u32,
         ty: u32,
+    },
+    /// A forward declaration (`struct task_struct;`).
+    Fwd {
+        name: u32,
+    },
+    /// A function's parameter types.
+    FuncProto {
+        params: Vec<u32>,
     },
     Ptr {
         ty: u32,
@@ -99,6 +117,16 @@ pub enum Shape {
         elem_size: u32,
         len: u32,
     },
+    Other,
+}
+
+/// A tracepoint argument's type, as far as choosing a program needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    /// A pointer to the named struct or union ("" for anything else).
+    PtrTo(String),
+    /// An integer of this many bytes.
+    Int(u32),
     Other,
 }
 
@@ -204,13 +232,23 @@ impl Btf {
                     }
                     Type::Enum { values }
                 }
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    Type::Alias { ty: size_or_type }
-                }
-                KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
+                KIND_TYPEDEF => Type::Alias {
+                    name,
+                    ty: size_or_type,
+                },
+                KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => Type::Alias {
+                    name: 0,
+                    ty: size_or_type,
+                },
+                KIND_FWD => Type::Fwd { name },
+                KIND_FUNC | KIND_FLOAT => Type::Other,
                 KIND_FUNC_PROTO => {
-                    at += 8 * vlen;
-                    Type::Other
+                    let mut params = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        params.push(u32_at(tb, at + 4)?);
+                        at += 8;
+                    }
+                    Type::FuncProto { params }
                 }
                 KIND_VAR | KIND_DECL_TAG => {
                     at += 4;
@@ -236,7 +274,7 @@ impl Btf {
     fn resolve(&self, mut id: u32) -> &Type {
         for _ in 0..32 {
             match self.types.get(id as usize) {
-                Some(Type::Alias { ty }) => id = *ty,
+                Some(Type::Alias { ty, .. }) => id = *ty,
                 Some(t) => return t,
                 None => break,
             }
@@ -349,6 +387,40 @@ impl Btf {
         self.member(ty, path).map(|(o, _)| o)
     }
 
+    /// The arguments the kernel passes to programs on BTF tracepoint `tp`
+    /// (its `btf_trace_<tp>` typedef), after the context pointer: what a
+    /// `tp_btf` program really receives on this kernel.
+    pub fn tracepoint_args(&self, tp: &str) -> Result<Vec<Arg>, BtfError> {
+        let typedef = format!("btf_trace_{tp}");
+        let id = self
+            .types
+            .iter()
+            .position(|t| matches!(t, Type::Alias { name, .. } if *name != 0 && self.name(*name) == typedef))
+            .ok_or_else(|| BtfError::NoTracepoint(tp.to_owned()))?;
+        let proto = match self.resolve(id as u32) {
+            Type::Ptr { ty } => self.resolve(*ty),
+            _ => &Type::Other,
+        };
+        let Type::FuncProto { params } = proto else {
+            return Err(BtfError::NoTracepoint(tp.to_owned()));
+        };
+        Ok(params.iter().skip(1).map(|p| self.arg(*p)).collect())
+    }
+
+    fn arg(&self, id: u32) -> Arg {
+        match self.resolve(id) {
+            Type::Ptr { ty } => match self.resolve(*ty) {
+                Type::Composite { name, .. } | Type::Fwd { name } => {
+                    Arg::PtrTo(self.name(*name).to_owned())
+                }
+                _ => Arg::PtrTo(String::new()),
+            },
+            Type::Int { size } => Arg::Int(*size),
+            Type::Enum { .. } => Arg::Int(4),
+            _ => Arg::Other,
+        }
+    }
+
     /// The value of enumerator `name` in any enum.
     pub fn enum_value(&self, name: &str) -> Result<i64, BtfError> {
         self.types
@@ -372,7 +444,8 @@ mod tests {
     /// with struct inner { char pad[3]; unsigned int x; }, and enum e { ONE = 1, TWO = 2 }.
     fn synthetic() -> Vec<u8> {
         let mut strings =
-            b"\0int\0long\0char\0inner\0pad\0x\0outer\0a\0b\0c\0arr\0e\0ONE\0TWO\0".to_vec();
+            b"\0int\0long\0char\0inner\0pad\0x\0outer\0a\0b\0c\0arr\0e\0ONE\0TWO\0btf_trace_new\0btf_trace_old\0"
+                .to_vec();
         let s = |name: &str| -> u32 {
             let needle = format!("\0{name}\0");
             strings
@@ -432,6 +505,18 @@ mod tests {
         t.extend([e, info(KIND_ENUM, 2), 4, one, 1, two, 2]);
         // 10: typedef-free forward declaration of `outer` must not shadow it
         t.extend([outer, info(KIND_FWD, 0), 0]);
+        // 11: void *; 12: struct outer *
+        t.extend([0, info(KIND_PTR, 0), 0]);
+        t.extend([0, info(KIND_PTR, 0), 8]);
+        // 13: void (void *, struct outer *); 14: a pointer to it;
+        // 15: typedef btf_trace_new
+        t.extend([0, info(KIND_FUNC_PROTO, 2), 0, 0, 11, 0, 12]);
+        t.extend([0, info(KIND_PTR, 0), 13]);
+        t.extend([s("btf_trace_new"), info(KIND_TYPEDEF, 0), 14]);
+        // 16: void (void *, int); 17: a pointer; 18: typedef btf_trace_old
+        t.extend([0, info(KIND_FUNC_PROTO, 2), 0, 0, 11, 0, 1]);
+        t.extend([0, info(KIND_PTR, 0), 16]);
+        t.extend([s("btf_trace_old"), info(KIND_TYPEDEF, 0), 17]);
         let types: Vec<u8> = t.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut out = Vec::new();
         out.extend([0x9f, 0xeb, 1, 0]);
@@ -443,6 +528,20 @@ mod tests {
         out.extend(types);
         out.append(&mut strings);
         out
+    }
+
+    #[test]
+    fn tracepoint_prototypes() {
+        let btf = Btf::parse(&synthetic()).unwrap();
+        assert_eq!(
+            btf.tracepoint_args("new").unwrap(),
+            [Arg::PtrTo("outer".into())]
+        );
+        assert_eq!(btf.tracepoint_args("old").unwrap(), [Arg::Int(4)]);
+        assert_eq!(
+            btf.tracepoint_args("none"),
+            Err(BtfError::NoTracepoint("none".into()))
+        );
     }
 
     #[test]

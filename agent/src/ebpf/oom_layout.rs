@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::{
-    btf::{Btf, BtfError, Shape},
+    btf::{Arg, Btf, BtfError, Shape},
     tracefs::{FormatError, TracepointFormat},
 };
 
@@ -42,6 +42,16 @@ fn expect(btf: &Btf, ty: &str, path: &[&str], ok: impl Fn(Shape) -> bool) -> Res
 
 impl OomBtfLayout {
     pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        // Before 6.8 the tracepoint passes only the victim's pid: a program
+        // reading it as a task would attach and then read garbage.
+        let args = btf.tracepoint_args("mark_victim")?;
+        if args.first() != Some(&Arg::PtrTo("task_struct".into())) {
+            return Err(BtfError::Prototype {
+                tp: "mark_victim".into(),
+                expected: "(struct task_struct *, …)".into(),
+                found: format!("{args:?}"),
+            });
+        }
         let int = |n| move |s| s == Shape::Int(n);
         let ptr = |s| s == Shape::Ptr;
         // A counter is a plain integer or an atomic_long_t wrapping one.
