@@ -272,6 +272,7 @@ async fn run(config: Config) -> Result<()> {
         collector.clone(),
         cache.clone(),
         snapshot.clone(),
+        registry_tx.clone(),
         Cadence {
             base: config.housekeeping_interval.max(Duration::from_millis(100)),
             max: config

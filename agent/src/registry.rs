@@ -30,6 +30,12 @@ pub enum Msg {
         path: Arc<str>,
         metadata: Arc<crate::runtime::Metadata>,
     },
+    /// The kernel's count of OOM kills of a container's own tasks, as a
+    /// collection read it (sent when it changes).
+    KernelOomKills {
+        path: Arc<str>,
+        kills: u64,
+    },
     /// Which container a (hierarchy, cgroup id) pair belongs or belonged to.
     Resolve {
         hierarchy: u32,
@@ -108,7 +114,18 @@ struct Entry {
     /// changed after they started).
     last_event: Instant,
     removed_at: Option<Instant>,
+    /// Created while the agent watched: every kill the kernel counted for
+    /// it happened since.
+    born_watched: bool,
+    /// The kernel's kill counter when the agent first read it (0 for a
+    /// container born watched): kills before are not the agent's to count.
+    kernel_oom_base: Option<u64>,
 }
+
+/// How long a kill the kernel counted may take to arrive from the OOM
+/// source before it counts as missed (ring buffer and kmsg deliver in
+/// milliseconds).
+const OOM_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Registry {
     entries: BTreeMap<Arc<str>, Entry>,
@@ -118,6 +135,11 @@ pub struct Registry {
     stats: Arc<DiscoveryStats>,
     oom_stats: Arc<OomStats>,
     walked_once: bool,
+    /// The first walk is in: containers added from now on are new.
+    watching: bool,
+    /// Containers whose kernel kill count exceeded what the OOM source
+    /// had delivered: the count to reach, checked once due.
+    oom_floors: HashMap<Arc<str>, (Instant, u64)>,
 }
 
 impl Registry {
@@ -135,6 +157,8 @@ impl Registry {
             stats,
             oom_stats,
             walked_once: false,
+            watching: false,
+            oom_floors: HashMap::new(),
         }
     }
 
@@ -160,7 +184,10 @@ impl Registry {
                         }
                         changed
                     }
-                    _ = gc.tick() => self.collect_garbage(Instant::now()),
+                    _ = gc.tick() => {
+                        let now = Instant::now();
+                        self.check_oom_floors(now) | self.collect_garbage(now)
+                    }
                 };
                 if changed {
                     tx.send_replace(Arc::new(self.snapshot()));
@@ -186,6 +213,10 @@ impl Registry {
             }
             Msg::Walked(result) => self.reconcile(result),
             Msg::Oom(kill) => self.oom(kill),
+            Msg::KernelOomKills { path, kills } => {
+                self.kernel_oom_kills(path, kills, Instant::now());
+                false
+            }
             Msg::Metadata { path, metadata } => match self.entries.get_mut(&path) {
                 Some(e) if e.info.metadata.as_ref() != Some(&metadata) => {
                     Arc::make_mut(&mut e.info).metadata = Some(metadata);
@@ -230,6 +261,8 @@ impl Registry {
                     info: Arc::new(info),
                     last_event: now,
                     removed_at: None,
+                    born_watched: self.watching || c.kernel_time,
+                    kernel_oom_base: None,
                 },
             );
         } else if let Some(e) = self.entries.get_mut(&c.path) {
@@ -360,6 +393,7 @@ impl Registry {
                 tracing::debug!(%path, "walk found a removed cgroup the event source missed");
             }
         }
+        self.watching = true;
         changed
     }
 
@@ -405,6 +439,54 @@ impl Registry {
         changed
     }
 
+    /// The kernel's own counter is the floor of `oom_kills`: a kill it
+    /// counted that the OOM source has not delivered within the grace is
+    /// added and counted as missed.
+    fn kernel_oom_kills(&mut self, path: Arc<str>, kills: u64, now: Instant) {
+        let Some(e) = self.entries.get_mut(&path) else {
+            return;
+        };
+        let base = *e
+            .kernel_oom_base
+            .get_or_insert(if e.born_watched { 0 } else { kills });
+        let floor = kills.saturating_sub(base);
+        if floor > e.info.oom_kills {
+            self.oom_floors
+                .entry(path)
+                .or_insert((now + OOM_GRACE, floor))
+                .1 = floor;
+        }
+    }
+
+    fn check_oom_floors(&mut self, now: Instant) -> bool {
+        if self.oom_floors.is_empty() {
+            return false;
+        }
+        let due: Vec<Arc<str>> = self
+            .oom_floors
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut changed = false;
+        for path in due {
+            let Some((_, floor)) = self.oom_floors.remove(&path) else {
+                continue;
+            };
+            let Some(e) = self.entries.get_mut(&path) else {
+                continue;
+            };
+            let missed = floor.saturating_sub(e.info.oom_kills);
+            if missed == 0 {
+                continue;
+            }
+            Arc::make_mut(&mut e.info).oom_kills = floor;
+            self.oom_stats.missed(&path, missed);
+            changed = true;
+        }
+        changed
+    }
+
     fn collect_garbage(&mut self, now: Instant) -> bool {
         let retention = self.retention;
         let expired: Vec<Arc<str>> = self
@@ -421,6 +503,7 @@ impl Registry {
         }
         for path in &expired {
             self.entries.remove(path);
+            self.oom_floors.remove(path);
         }
         // Ids of expired paths, and ids a path had before it was re-created.
         self.by_id.retain(|_, p| self.entries.contains_key(p));
@@ -449,6 +532,8 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
     use crate::{
         discovery::Found,
@@ -553,6 +638,66 @@ mod tests {
         assert!(r.collect_garbage(Instant::now() + Duration::from_secs(61)));
         assert!(r.snapshot().containers.is_empty());
         assert!(r.by_id.is_empty());
+    }
+
+    fn kernel(path: &str, kills: u64) -> Msg {
+        Msg::KernelOomKills {
+            path: Arc::from(path),
+            kills,
+        }
+    }
+
+    fn kills(r: &Registry, path: &str) -> u64 {
+        r.snapshot().get(path).unwrap().oom_kills
+    }
+
+    /// The kernel's per-cgroup counter is the floor: a kill it counted that
+    /// the OOM source never reported is added once the grace has passed;
+    /// one the source reports in time is not counted twice; kills from
+    /// before the agent watched are not the agent's.
+    #[test]
+    fn the_kernels_oom_counter_is_the_floor() {
+        let mut r = registry(Duration::from_secs(60));
+        let t0 = Instant::now();
+        // Found by the first walk, with 3 kills from before the agent.
+        r.apply(Msg::Walked(WalkResult {
+            started: t0,
+            hierarchies: vec![4],
+            found: vec![found(4, 1, "/"), found(4, 2, "/old")],
+        }));
+        r.kernel_oom_kills(Arc::from("/old"), 3, t0);
+        // Created while watching: every kill of its counter is the agent's.
+        r.apply(Msg::Changes(vec![change(
+            ChangeKind::Added,
+            4,
+            3,
+            "/new",
+            1,
+        )]));
+        r.kernel_oom_kills(Arc::from("/new"), 1, t0);
+        assert!(!r.check_oom_floors(t0 + OOM_GRACE / 2));
+        // The source delivers /new's kill within the grace.
+        r.apply(Msg::Oom(OomKill {
+            at: SystemTime::UNIX_EPOCH,
+            pid: 42,
+            comm: "hog".into(),
+            victim: Some(Arc::from("/new")),
+            oom: Some(Arc::from("/new")),
+            constraint: "CONSTRAINT_MEMCG".into(),
+        }));
+        assert!(!r.check_oom_floors(t0 + OOM_GRACE));
+        assert_eq!((kills(&r, "/old"), kills(&r, "/new")), (0, 1));
+        assert_eq!(r.oom_stats.missed.load(Ordering::Relaxed), 0);
+        // Two more kills in /old the source never reports.
+        r.apply(kernel("/old", 5));
+        assert!(!r.check_oom_floors(Instant::now()), "not before the grace");
+        assert!(r.check_oom_floors(Instant::now() + OOM_GRACE));
+        assert_eq!(kills(&r, "/old"), 2);
+        assert_eq!(r.oom_stats.missed.load(Ordering::Relaxed), 2);
+        // Read again unchanged: nothing more.
+        r.apply(kernel("/old", 5));
+        assert!(!r.check_oom_floors(Instant::now() + OOM_GRACE));
+        assert_eq!(kills(&r, "/old"), 2);
     }
 
     #[test]

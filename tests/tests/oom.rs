@@ -134,6 +134,16 @@ fn a_kill_is_counted_against_its_container_and_survives_removal() {
         );
         let ooms = events(&agent, &path, "oom_events");
         assert!(ooms.contains("\"event_type\":\"oom\""), "[{mode}] {ooms}");
+        // The kernel's counter (read every second) agrees past the floor's
+        // grace: the kill is neither counted twice nor missed.
+        std::thread::sleep(Duration::from_secs(6));
+        let m = agent.scrape();
+        assert_eq!(oom_count(&m, &path), Some(1.0), "[{mode}] counted once");
+        assert_eq!(
+            m.value("cgscope_oom_missed_total", &[("source", mode)]),
+            Some(0.0),
+            "[{mode}]"
+        );
 
         // The count outlives the cgroup (within the retention).
         tree.rmdir("victim").unwrap();
@@ -290,4 +300,69 @@ fn an_unreadable_kernel_log_is_reported_not_fatal() {
         Some(1.0)
     );
     assert!(agent.get("/healthz", None).unwrap().status == 200);
+}
+
+/// The kernel's own per-cgroup kill counter is the floor of
+/// `container_oom_events_total`: with an OOM source that sees nothing (a
+/// kernel log that never gets the report), a real kill is still counted,
+/// from `memory.oom_control`, and shows as missed. A kill from before the
+/// agent started is not counted.
+#[test]
+fn a_kill_the_source_missed_is_counted_from_the_cgroups_counter() {
+    if !require_root("a_kill_the_source_missed_is_counted_from_the_cgroups_counter") {
+        return;
+    }
+    let tree = CgroupTree::new("oomfloor", &["memory"]);
+    tree.mkdir("old").unwrap();
+    limit(&tree, "old", MIB64);
+    let (_, status) = run_hog(&tree, "old");
+    assert!(!status.success(), "the hog ended by itself");
+    assert_eq!(oom_kill_file(&tree, "old"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let blind = dir.path().join("kmsg.log");
+    fs::write(&blind, "").unwrap();
+    let agent = Agent::start(&[
+        "--oom-source",
+        "kmsg",
+        "--kmsg-path",
+        blind.to_str().unwrap(),
+        // Only this test's kills: the other OOM tests run alongside.
+        "--raw-cgroup-prefix-whitelist",
+        &tree.prefix,
+        "--discovery",
+        "inotify",
+        "--housekeeping-interval",
+        "1s",
+        "--max-housekeeping-interval",
+        "1s",
+    ]);
+    tree.mkdir("new").unwrap();
+    limit(&tree, "new", MIB64);
+    wait_for("both cgroups collected", Duration::from_secs(15), || {
+        let m = agent.scrape();
+        [tree.path("old"), tree.path("new")]
+            .iter()
+            .all(|p| oom_count(&m, p).is_some())
+    });
+    for rel in ["old", "new"] {
+        let (_, status) = run_hog(&tree, rel);
+        assert!(!status.success(), "the hog in {rel} ended by itself");
+    }
+    assert_eq!(oom_kill_file(&tree, "old"), 2);
+    assert_eq!(oom_kill_file(&tree, "new"), 1);
+    wait_for(
+        "the missed kills are counted from memory.oom_control",
+        Duration::from_secs(30),
+        || {
+            let m = agent.scrape();
+            oom_count(&m, &tree.path("old")) == Some(1.0)
+                && oom_count(&m, &tree.path("new")) == Some(1.0)
+        },
+    );
+    let m = agent.scrape();
+    assert_eq!(
+        m.value("cgscope_oom_missed_total", &[("source", "kmsg")]),
+        Some(2.0)
+    );
+    assert_eq!(m.value("cgscope_oom_kills_total", &[]), Some(0.0));
 }

@@ -169,7 +169,12 @@ pub fn sample(
     if groups.memory || groups.oom_event {
         if let Some(dir) = &d.memory {
             s.memory = Some(if d.v2 {
-                v2::memory(dir, r, e, &mut s.spec, d.root, known)
+                let mut m = v2::memory(dir, r, e, &mut s.spec, d.root, known);
+                // The root has no OOM counters of its own.
+                if groups.oom_event && !d.root {
+                    m.events.local_oom_kill = v2::local_oom_kills(dir, r, e);
+                }
+                m
             } else {
                 v1::memory(dir, r, e, &mut s.spec, known)
             });

@@ -26,6 +26,9 @@ pub struct MemoryEvents {
     pub oom: Option<u64>,
     pub oom_kill: Option<u64>,
     pub oom_group_kill: Option<u64>,
+    /// Kills of this cgroup's own tasks (`memory.events.local`; v1 counts
+    /// only those anyway), the kernel's side of `container_oom_events_total`.
+    pub local_oom_kill: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -162,6 +162,7 @@ pub fn memory(
         each_keyed(text, &path, e, |k, v| {
             if k == "oom_kill" {
                 m.events.oom_kill = Some(v);
+                m.events.local_oom_kill = Some(v);
             }
         });
     }

@@ -49,6 +49,19 @@ pub fn cpu_spec(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec) {
     }
 }
 
+/// `oom_kill` of `memory.events.local`: kills of the cgroup's own tasks
+/// (`memory.events` adds its descendants').
+pub fn local_oom_kills(dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Option<u64> {
+    let path = dir.join("memory.events.local");
+    let mut kills = None;
+    each_keyed(r.read(&path, e)?, &path, e, |k, v| {
+        if k == "oom_kill" {
+            kills = Some(v);
+        }
+    });
+    kills
+}
+
 /// Files whose values are in `known` are not read.
 pub fn memory(
     dir: &Path,
@@ -282,6 +295,7 @@ mod tests {
         );
         assert_eq!(spec.memory_limit, Some(268_435_456));
         assert_eq!(spec.memory_swap_limit, None);
+        assert_eq!(local_oom_kills(Path::new(FIXTURES), &mut r, &e), Some(2));
         assert!(e.snapshot().is_empty(), "{:?}", e.snapshot());
     }
 

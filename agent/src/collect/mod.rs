@@ -44,7 +44,7 @@ use crate::{
     },
     config::Groups,
     errors::ErrorCounts,
-    registry::Snapshot,
+    registry::{Msg, Snapshot},
 };
 
 /// Everything a collection needs, shared by the blocking tasks.
@@ -148,6 +148,15 @@ struct Tracked {
     /// False once the container is removed: no more collections.
     live: bool,
     last: Option<Arc<Sample>>,
+    /// The kernel's OOM kill count last sent to the registry.
+    reported_oom_kills: Option<u64>,
+}
+
+/// Where finished collections go: samples to the cache, the kernel's own
+/// OOM kill counts to the registry (the floor of the OOM source's).
+struct Sinks {
+    cache: Arc<StatsCache>,
+    registry: mpsc::Sender<Msg>,
 }
 
 /// After this a collection is given up (and its container retried later).
@@ -186,8 +195,13 @@ pub fn spawn(
     collector: Arc<Collector>,
     cache: Arc<StatsCache>,
     mut registry: watch::Receiver<Arc<Snapshot>>,
+    registry_tx: mpsc::Sender<Msg>,
     cadence: Cadence,
 ) {
+    let sinks = Sinks {
+        cache,
+        registry: registry_tx,
+    };
     let pacing = Pacing {
         epoch: Instant::now(),
         base: cadence.base,
@@ -219,7 +233,7 @@ pub fn spawn(
                         return;
                     }
                     let snapshot = registry.borrow_and_update().clone();
-                    sync(&snapshot, &collector, &cache, &mut tracked, &mut heap, &mut seq);
+                    sync(&snapshot, &collector, &sinks.cache, &mut tracked, &mut heap, &mut seq);
                 }
                 _ = sleep_until(next) => {
                     let now = Instant::now();
@@ -274,11 +288,11 @@ pub fn spawn(
                         }
                     }
                     let result = vec![(path, generation, None)];
-                    settle(result, &cache, &mut tracked, &mut heap, &mut seq, cadence, pacing);
+                    settle(result, &sinks, &mut tracked, &mut heap, &mut seq, cadence, pacing);
                 }
                 Some((from, results)) = done_rx.recv() => {
                     if from == worker.id {
-                        settle(results, &cache, &mut tracked, &mut heap, &mut seq, cadence, pacing);
+                        settle(results, &sinks, &mut tracked, &mut heap, &mut seq, cadence, pacing);
                     }
                 }
             }
@@ -289,7 +303,7 @@ pub fn spawn(
 /// Stores finished collections and schedules each container's next one.
 fn settle(
     results: Vec<Done>,
-    cache: &StatsCache,
+    sinks: &Sinks,
     tracked: &mut HashMap<Arc<str>, Tracked>,
     heap: &mut BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
     seq: &mut u64,
@@ -319,6 +333,17 @@ fn settle(
             heap.push(Reverse((due, t.generation, path)));
             continue;
         };
+        let kills = sample.memory.as_ref().and_then(|m| m.events.local_oom_kill);
+        if let Some(kills) = kills.filter(|k| t.reported_oom_kills != Some(*k)) {
+            // Full queue: sent with a later collection instead.
+            let msg = Msg::KernelOomKills {
+                path: path.clone(),
+                kills,
+            };
+            if sinks.registry.try_send(msg).is_ok() {
+                t.reported_oom_kills = Some(kills);
+            }
+        }
         let unchanged = t.last.as_ref().is_some_and(|l| sample.same_usage(l));
         t.interval = if unchanged {
             (t.interval * 2).min(cadence.max)
@@ -326,7 +351,7 @@ fn settle(
             cadence.base
         };
         // Comparing needs no timestamp: keep the stored sample.
-        t.last = Some(cache.push(&path, sample));
+        t.last = Some(sinks.cache.push(&path, sample));
         *seq += 1;
         let due = pacing.due(Instant::now(), t.interval, &path, *seq);
         heap.push(Reverse((due, t.generation, path)));
@@ -385,6 +410,7 @@ fn sync(
                 in_flight: false,
                 live: true,
                 last: None,
+                reported_oom_kills: None,
             });
             t.job = Arc::new(Job {
                 path: c.path.clone(),

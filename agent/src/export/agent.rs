@@ -157,6 +157,20 @@ pub fn encode(encoder: &mut DescriptorEncoder, s: &Sources, snapshot: &Snapshot)
         MetricType::Counter,
     )?
     .counter(&NO_LABELS, load(&o.unattributed))?;
+    let source = s
+        .status
+        .modes
+        .iter()
+        .find(|m| m.subsystem == "oom")
+        .map_or("none", |m| m.active);
+    Family::new(
+        encoder,
+        "cgscope_oom_missed",
+        "OOM kills the kernel counted in a container's own cgroup (memory.events.local, v1 memory.oom_control) that the OOM source did not report within 5 s; container_oom_events_total includes them.",
+        None,
+        MetricType::Counter,
+    )?
+    .counter(&[("source", source)], load(&o.missed))?;
     let mut errors = Family::new(
         encoder,
         "cgscope_oom_errors",

@@ -169,6 +169,7 @@ fn everything() -> Sources {
         oom: Some(0),
         oom_kill: Some(0),
         oom_group_kill: Some(0),
+        local_oom_kill: Some(0),
     };
     s.io.as_mut().unwrap()[0].cost_us = [Some(1); 4];
     let cache = Arc::new(StatsCache::new(

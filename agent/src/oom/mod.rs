@@ -38,6 +38,9 @@ pub struct OomStats {
     pub kills: AtomicU64,
     /// Kills whose container could not be determined.
     pub unattributed: AtomicU64,
+    /// Kills the kernel counted in a container's cgroup that the OOM
+    /// source never delivered.
+    pub missed: AtomicU64,
     pub errors: ErrorCounts,
 }
 
@@ -46,6 +49,7 @@ impl Default for OomStats {
         Self {
             kills: AtomicU64::new(0),
             unattributed: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
             errors: ErrorCounts::new("oom"),
         }
     }
@@ -56,6 +60,16 @@ impl OomStats {
         self.kills.fetch_add(1, Ordering::Relaxed);
         if kill.victim.is_none() {
             self.unattributed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Kills of `path` the kernel counted and the source did not deliver:
+    /// counted, and logged the first time.
+    pub fn missed(&self, path: &str, kills: u64) {
+        if self.missed.fetch_add(kills, Ordering::Relaxed) == 0 {
+            tracing::warn!(%path, kills, "the kernel counted OOM kills the OOM source did not report; counted from the cgroup's own counter (cgscope_oom_missed_total)");
+        } else {
+            tracing::debug!(%path, kills, "OOM kills counted from the cgroup's own counter");
         }
     }
 }
