@@ -11,7 +11,7 @@ use tokio::{
 
 use super::{comm_str, OomKill, OomStats};
 use crate::{
-    cgroup::hierarchy::{Hierarchies, Hierarchy},
+    cgroup::hierarchy::{Hierarchies, Hierarchy, Version},
     discovery::{ebpf::BootClock, join},
     registry::Msg,
 };
@@ -166,12 +166,39 @@ fn find_by_inode(dir: &Path, path: &str, ino: u64) -> Option<String> {
 /// The memory cgroup of `pid` from `/proc/<pid>/cgroup`.
 pub(crate) fn victim_from_proc(pid: u32, memory: &Hierarchy) -> Option<Arc<str>> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    memory.path_of(&text).map(Arc::from)
+    let path = memory.path_of(&text)?;
+    // cgroup v1 shows a task that has begun to exit in `/`, whatever its
+    // cgroup: after the kill that says nothing (and would charge the root).
+    if path == "/" && memory.version == Version::V1 {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if exiting(&stat).unwrap_or(true) {
+            return None;
+        }
+    }
+    Some(Arc::from(path))
+}
+
+/// `PF_EXITING` in the flags of `/proc/<pid>/stat`; `None` if unreadable.
+fn exiting(stat: &str) -> Option<bool> {
+    const PF_EXITING: u64 = 0x4;
+    // The name (in parentheses) may hold anything; fields follow the last `)`.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let flags: u64 = rest.split_whitespace().nth(6)?.parse().ok()?;
+    Some(flags & PF_EXITING != 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exiting_from_proc_stat() {
+        let alive = "700 (my (odd) hog) R 1 700 700 0 -1 4194560 12 0 0 0";
+        let dying = "700 (my (odd) hog) Z 1 700 700 0 -1 4194564 12 0 0 0";
+        assert_eq!(exiting(alive), Some(false));
+        assert_eq!(exiting(dying), Some(true));
+        assert_eq!(exiting(""), None);
+    }
 
     #[test]
     fn finds_a_directory_by_inode() {
