@@ -480,11 +480,18 @@ async fn choose_collector(
             .await
             .context("the collector's self-check panicked")?;
             match checked {
+                // Nothing seen to agree (no cgroup to compare yet, or no
+                // value of this layout the program reads): the files.
+                (_, Ok(report)) if report.fields.is_empty() => format!(
+                    "it covers no value here: none of {} could be compared with the files in {} cgroups",
+                    report.unchecked, report.cgroups
+                ),
                 (source, Ok(report)) => {
                     tracing::info!(
                         cgroups = report.cgroups,
                         values = %report.fields,
-                        "the eBPF cgroup iterator agrees with the cgroup files: collecting those values with it"
+                        unchecked = %report.unchecked,
+                        "the eBPF cgroup iterator agrees with the cgroup files: collecting those values with it, the unchecked ones from files"
                     );
                     return Ok(("iter", Some(source)));
                 }

@@ -79,7 +79,11 @@ fn bracket(before: &Known, iter: &Known, after: &Known) -> Vec<(u32, Verdict, St
 #[derive(Debug, Clone)]
 pub struct CheckReport {
     pub cgroups: usize,
+    /// Values seen to agree: the iterator's from now on.
     pub fields: Fields,
+    /// Values the iterator reads on this host that no sampled cgroup
+    /// showed (none to compare, or no file for them): left to the files.
+    pub unchecked: Fields,
 }
 
 impl IterSource {
@@ -91,7 +95,7 @@ impl IterSource {
     pub fn self_check(&mut self) -> Result<CheckReport, String> {
         let e = ErrorCounts::new("collection");
         let mut r = Reader::default();
-        let (mut matched, mut mismatch) = (0u32, None);
+        let (mut matched, mut mismatch, mut candidates) = (0u32, None, 0u32);
         let mut cgroups = 0;
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         for t in self.targets.clone() {
@@ -99,6 +103,7 @@ impl IterSource {
             // a file read charges its own buffer (a page of kernel memory)
             // to the very counters it reads, so the files are the
             // perturbed side.
+            candidates |= t.fields();
             let mine = own_dir(&own, &t);
             let mut sample = sample_dirs(&t.hierarchy.mount, CHECK_SAMPLE, mine.as_deref());
             // The root's cpuacct usage is the same sum in the files and
@@ -189,6 +194,7 @@ impl IterSource {
         Ok(CheckReport {
             cgroups,
             fields: self.fields,
+            unchecked: Fields(candidates & !matched),
         })
     }
 }

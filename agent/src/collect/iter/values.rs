@@ -165,6 +165,10 @@ impl Fields {
         self.0 & f != 0
     }
 
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
     /// Keeps only these fields of `k`; the rest is read from files.
     pub fn mask(self, k: Known) -> Known {
         macro_rules! mask {
