@@ -7,6 +7,7 @@ mod fuzz;
 mod provision;
 mod run;
 mod test;
+mod vm;
 
 use std::path::PathBuf;
 
@@ -44,6 +45,16 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         seconds: u64,
     },
+    /// Boot other kernels and cgroup layouts under QEMU and check the
+    /// release agent in each (as root; `cargo xtask test` runs them all).
+    Vm {
+        /// Only this kernel: 5.10, 6.1 or 6.12.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Only this layout: v1 or v2.
+        #[arg(long)]
+        layout: Option<String>,
+    },
     /// Install what the tests use, build everything and run every test:
     /// unit, eBPF and end-to-end; a test that could not run counts as skipped.
     Test {
@@ -60,6 +71,18 @@ fn main() -> Result<()> {
         Command::BuildEbpf => build_ebpf::run(&root).map(|_| ()),
         Command::Run { debug, args } => run::run(&root, !debug, &args),
         Command::Test { args } => test::run(&root, &args),
+        Command::Vm { kernel, layout } => {
+            let checks = vm::run(&root, kernel.as_deref(), layout.as_deref())?;
+            let failed: Vec<String> = checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{} {}: {}", c.cell, c.name, c.detail))
+                .collect();
+            if !failed.is_empty() {
+                anyhow::bail!("failed: {}", failed.join("; "));
+            }
+            Ok(())
+        }
         Command::Fuzz { seconds } => fuzz::run(&root, seconds),
         Command::Bench { what } => bench::run(&root, &what),
     }

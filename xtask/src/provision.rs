@@ -110,6 +110,26 @@ const TOOLS: &[Tool] = &[
         package: "curl",
         why: "the scrape benchmark's client",
     },
+    Tool {
+        program: "qemu-system-x86_64",
+        package: "qemu-system-x86",
+        why: "booting other kernels and cgroup layouts",
+    },
+    Tool {
+        program: "cpio",
+        package: "cpio",
+        why: "the VMs' initramfs",
+    },
+    Tool {
+        program: "gzip",
+        package: "gzip",
+        why: "the VMs' initramfs",
+    },
+    Tool {
+        program: "strip",
+        package: "binutils",
+        why: "a small agent in the VMs' initramfs",
+    },
 ];
 
 /// A Python module the tests import, and its PyPI package.
@@ -131,6 +151,7 @@ const PYTHON: &[(&str, &str, &str)] = &[
 pub fn ensure(root: &Path) -> Result<bool> {
     let can_install = cmd::is_root() && which("apt-get").is_some();
     let mut packages: Vec<&str> = missing_tools().map(|t| t.package).collect();
+    packages.sort_unstable();
     packages.dedup();
     if !packages.is_empty() && can_install {
         eprintln!(

@@ -81,6 +81,26 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         let report = bin.run(args, &env, &logs.join(format!("{}.log", bin.name)), true)?;
         total.add(report);
     }
+    // The same release agent on other kernels and layouts.
+    println!("== vm: kernels 5.10, 6.1, 6.12 × cgroup v1, v2");
+    match crate::vm::run(root, None, None) {
+        Ok(checks) => {
+            for c in checks {
+                let name = format!("vm {} {}", c.cell, c.name);
+                if c.ok {
+                    total.passed.push(name);
+                } else {
+                    total.failed.push(format!("{name} ({})", c.detail));
+                }
+            }
+        }
+        Err(e) if !strict => total.skipped.push(Skipped {
+            binary: "xtask".into(),
+            test: "vm".into(),
+            why: format!("{e:#}"),
+        }),
+        Err(e) => total.failed.push(format!("vm ({e:#})")),
+    }
     for s in &total.skipped {
         println!("skipped: {} {}: {}", s.binary, s.test, s.why);
     }
