@@ -3,7 +3,7 @@
 //! names in [`SKIP_LOG`], which subtracts it from the passed tests and counts
 //! it as skipped; in strict runs ([`STRICT`]) it fails the test instead.
 
-use std::{fs::OpenOptions, io::Write as _};
+use std::{fs::OpenOptions, io::Write as _, path::PathBuf};
 
 /// Set (to anything but `0`) where nothing may be skipped: by CI, and by
 /// `cargo xtask test` once it has provisioned every component.
@@ -42,6 +42,16 @@ pub fn skip(why: &str) {
     if let Err(e) = written {
         panic!("cannot record the skip in {}: {e}", log.to_string_lossy());
     }
+}
+
+/// A program's path from `PATH` and the sbin folders a non-login root
+/// shell may lack; `None` when it is not installed.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 /// libtest runs each test on a thread named after it.

@@ -29,7 +29,7 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-pub use testkit::{skip, strict};
+pub use testkit::{skip, strict, which};
 
 /// Returns false (after recording the skip) when the test cannot run here.
 #[must_use]
@@ -41,17 +41,6 @@ pub fn require_root(test: &str) -> bool {
         "{test} needs root (run `cargo xtask test` as root)"
     ));
     false
-}
-
-/// A tool's path, from `PATH` (and the sbin folders a non-login root shell
-/// may lack); `None` when it is not installed.
-pub fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
 }
 
 /// Whether the eBPF object must have loaded (set by `cargo xtask test`, which

@@ -3,12 +3,11 @@
 //! Everything is checked first, so a machine that has it all pays a few
 //! `PATH` lookups and two Python imports.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use anyhow::Result;
+
+pub use testkit::which;
 
 use crate::cmd;
 
@@ -277,14 +276,4 @@ fn deploy_check_modules(root: &Path) -> Result<()> {
         "--no-audit",
         "--no-fund",
     ]))
-}
-
-/// A program's path from `PATH` and the sbin folders a non-login root shell
-/// may lack.
-pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
 }
