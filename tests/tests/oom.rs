@@ -280,6 +280,42 @@ fn a_recorded_kernel_log_is_replayed_and_followed() {
     );
 }
 
+/// After the kernel rate-limits its OOM reports, a kill comes as a bare
+/// `Killed process` line: it is not charged to the last report's cgroup.
+#[test]
+fn a_rate_limited_kill_is_not_charged_to_the_last_report() {
+    if !require_root("a_rate_limited_kill_is_not_charged_to_the_last_report") {
+        return;
+    }
+    let tree = CgroupTree::new("oombare", &["memory"]);
+    tree.mkdir("a").unwrap();
+    let a = tree.path("a");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("kmsg.log");
+    // A pid no task has (above pid_max's 2^22 ceiling): /proc cannot say.
+    fs::write(
+        &log,
+        format!(
+            "6,1,100,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg={a},task_memcg={a},task=hog,pid=4194400,uid=0\n\
+             3,2,101,-;Memory cgroup out of memory: Killed process 4194400 (hog) total-vm:1kB\n\
+             3,3,9000000,-;Memory cgroup out of memory: Killed process 4194401 (other) total-vm:1kB\n"
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&["--oom-source", "kmsg", "--kmsg-path", log.to_str().unwrap()]);
+    wait_for("both kills are seen", Duration::from_secs(10), || {
+        agent.scrape().value("cgscope_oom_kills_total", &[]) == Some(2.0)
+    });
+    let m = agent.scrape();
+    assert_eq!(oom_count(&m, &a), Some(1.0), "only its own kill");
+    assert_eq!(
+        m.value("cgscope_oom_unattributed_kills_total", &[]),
+        Some(1.0)
+    );
+    let kills = events(&agent, &a, "oom_kill_events");
+    assert!(!kills.contains("4194401"), "{kills}");
+}
+
 #[test]
 fn an_unreadable_kernel_log_is_reported_not_fatal() {
     let agent = Agent::start(&[

@@ -82,7 +82,9 @@ impl Follower {
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
-                    // Records were overwritten before we read them.
+                    // Records were overwritten before we read them: what
+                    // follows belongs to no report seen so far.
+                    self.parser = Parser::new();
                     self.stats.errors.record(
                         "kmsg_overwritten",
                         "kernel log records were overwritten before they were read",

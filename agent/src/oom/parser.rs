@@ -35,8 +35,13 @@ struct Report {
     oom_memcg: Option<String>,
     constraint: String,
     group: Option<String>,
+    /// When the group line came (µs since boot, from kmsg).
+    group_at: Option<u64>,
     /// Pids already reported from the `oom-kill:` line.
     reported: Vec<u32>,
+    /// The victim's `Killed process` line was seen: later ones belong to
+    /// this report only in a group kill (whose members have no summary).
+    victim_done: bool,
 }
 
 /// Feeds on log messages one at a time and returns each kill as soon as a
@@ -89,8 +94,9 @@ impl Parser {
             if let Some((group, _)) =
                 rest.split_once(" are going to be killed due to memory.oom.group set")
             {
-                self.current.get_or_insert_with(Report::default).group =
-                    Some(absolute(group.trim()));
+                let report = self.current.get_or_insert_with(Report::default);
+                report.group = Some(absolute(group.trim()));
+                report.group_at = ts_us;
                 return None;
             }
         }
@@ -98,8 +104,31 @@ impl Parser {
         let report = self.current.get_or_insert_with(Report::default);
         if report.reported.contains(&pid) {
             // The same kill the `oom-kill:` line already reported.
+            report.victim_done = true;
             return None;
         }
+        // The kernel kills a group's members in one loop right after its
+        // line: a kill much later is another OOM's.
+        let member = report.group.is_some()
+            && match (report.group_at, ts_us) {
+                (Some(at), Some(now)) => now.saturating_sub(at) <= GROUP_KILL_WINDOW_US,
+                _ => true,
+            };
+        if report.victim_done && !member {
+            // A kill without its own report (the kernel rate-limits the
+            // report, 10 per 5 s, never this line): the last report's
+            // cgroups are not its; the caller asks /proc or counts it
+            // unattributed.
+            return Some(KillReport {
+                pid,
+                comm,
+                task_memcg: None,
+                oom_memcg: None,
+                constraint: String::new(),
+                ts_us,
+            });
+        }
+        report.victim_done = true;
         report.reported.push(pid);
         Some(KillReport {
             pid,
@@ -115,6 +144,12 @@ impl Parser {
         })
     }
 }
+
+/// How long after a `memory.oom.group` line its members' kills may come.
+const GROUP_KILL_WINDOW_US: u64 = 1_000_000;
+
+/// A task name's longest length (`TASK_COMM_LEN` less its NUL).
+const TASK_COMM_MAX: usize = agent_common::TASK_COMM_LEN - 1;
 
 fn absolute(path: &str) -> String {
     if path.starts_with('/') {
@@ -148,7 +183,15 @@ fn parse_summary(s: &str) -> Option<Summary> {
     let _ = uid_part;
     let (head, pid) = head.rsplit_once(",pid=")?;
     out.pid = pid.trim().parse().ok();
-    let (head, task) = head.rsplit_once(",task=")?;
+    // The name (at most 15 bytes) may itself hold `,task=`: the first
+    // `,task=` that leaves a name that short (a cgroup path holding it is
+    // far less likely than a task naming itself so).
+    let at = head
+        .match_indices(",task=")
+        .map(|(i, _)| i)
+        .find(|i| head.len() - (i + ",task=".len()) <= TASK_COMM_MAX)
+        .or_else(|| head.rfind(",task="))?;
+    let (head, task) = (&head[..at], &head[at + ",task=".len()..]);
     out.task = task.to_owned();
     if let Some((before, memcg)) = head.split_once(",task_memcg=") {
         out.task_memcg = Some(absolute(memcg));
@@ -396,6 +439,48 @@ mod tests {
                 (11, "b", Some("/pod")),
                 (12, "c, d", Some("/pod"))
             ]
+        );
+    }
+
+    /// After the kernel rate-limits its reports (10 per 5 s) a kill comes
+    /// as a bare `Killed process` line: never charged to the last report.
+    #[test]
+    fn a_bare_kill_is_not_charged_to_the_last_report() {
+        let r = parse_text(
+            "4,1,100,-;a invoked oom-killer: gfp_mask=0xcc0\n\
+             6,2,101,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/a,task_memcg=/a,task=a,pid=10,uid=0\n\
+             3,3,102,-;Memory cgroup out of memory: Killed process 10 (a) total-vm:1kB\n\
+             3,4,9000000,-;Memory cgroup out of memory: Killed process 20 (b) total-vm:1kB\n",
+        );
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].task_memcg.as_deref(), Some("/a"));
+        assert_eq!((r[1].pid, r[1].task_memcg.as_deref()), (20, None));
+        assert_eq!(r[1].oom_memcg, None);
+        // A group's line covers the kills right after it, not a later OOM's.
+        let r = parse_text(
+            "6,1,100,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/g,task_memcg=/g/c,task=a,pid=10,uid=0\n\
+             3,2,101,-;Memory cgroup out of memory: Killed process 10 (a) total-vm:1kB\n\
+             3,3,102,-;Tasks in /g are going to be killed due to memory.oom.group set\n\
+             3,4,103,-;Memory cgroup out of memory: Killed process 11 (b) total-vm:1kB\n\
+             3,5,9000000,-;Memory cgroup out of memory: Killed process 30 (z) total-vm:1kB\n",
+        );
+        let got: Vec<(u32, Option<&str>)> =
+            r.iter().map(|k| (k.pid, k.task_memcg.as_deref())).collect();
+        assert_eq!(got, [(10, Some("/g/c")), (11, Some("/g")), (30, None)]);
+    }
+
+    #[test]
+    fn a_task_named_with_task_equals_keeps_its_name() {
+        let mut p = Parser::new();
+        let k = p
+            .feed(
+                "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/a,task_memcg=/a,task=x,task=y,pid=7,uid=0",
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            (k.comm.as_str(), k.task_memcg.as_deref()),
+            ("x,task=y", Some("/a"))
         );
     }
 
