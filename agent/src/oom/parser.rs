@@ -148,8 +148,10 @@ impl Parser {
 /// How long after a `memory.oom.group` line its members' kills may come.
 const GROUP_KILL_WINDOW_US: u64 = 1_000_000;
 
-/// A task name's longest length (`TASK_COMM_LEN` less its NUL).
-const TASK_COMM_MAX: usize = agent_common::TASK_COMM_LEN - 1;
+/// A task name's longest length: the kernel's `TASK_COMM_LEN` (16) less
+/// its NUL. Written here because this file also builds alone, in the fuzz
+/// target.
+const TASK_COMM_MAX: usize = 15;
 
 fn absolute(path: &str) -> String {
     if path.starts_with('/') {
@@ -467,6 +469,11 @@ mod tests {
         let got: Vec<(u32, Option<&str>)> =
             r.iter().map(|k| (k.pid, k.task_memcg.as_deref())).collect();
         assert_eq!(got, [(10, Some("/g/c")), (11, Some("/g")), (30, None)]);
+    }
+
+    #[test]
+    fn task_comm_max_is_the_kernels() {
+        assert_eq!(TASK_COMM_MAX, agent_common::TASK_COMM_LEN - 1);
     }
 
     #[test]
