@@ -47,11 +47,18 @@ pub fn skip(why: &str) {
 /// A program's path from `PATH` and the sbin folders a non-login root
 /// shell may lack; `None` when it is not installed.
 pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+    program_dirs()
         .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+/// Where [`which`] looks, in order.
+pub fn program_dirs() -> impl Iterator<Item = PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
 }
 
 /// libtest runs each test on a thread named after it.

@@ -159,8 +159,11 @@ pub fn ensure(root: &Path) -> Result<bool> {
         );
         apt_install(&packages)?;
     }
-    if which("python3").is_some() && !missing_python().is_empty() && can_install {
-        pip_install(&missing_python())?;
+    if can_install && which("python3").is_some() {
+        let modules = missing_python();
+        if !modules.is_empty() {
+            pip_install(&modules)?;
+        }
     }
     deploy_check_modules(root)?;
 

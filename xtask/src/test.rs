@@ -317,8 +317,9 @@ mod tests {
             ));
             return;
         };
-        let dir = tempfile_dir();
-        let path = path_without(&dir, &["prometheus", "promtool"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let path = path_without(dir, &["prometheus", "promtool"]);
         let bin = TestBinary {
             package: "tests".into(),
             name: "prometheus".into(),
@@ -339,14 +340,6 @@ mod tests {
         let strict = run("1");
         assert!(strict.passed.is_empty(), "{strict:?}");
         assert_eq!(strict.failed.len(), 2, "{strict:?}");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("xtask-skip-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 
     /// A `PATH` of one folder linking every program of the current `PATH`
@@ -354,10 +347,7 @@ mod tests {
     fn path_without(dir: &Path, hidden: &[&str]) -> OsString {
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let dirs = std::env::split_paths(&path)
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]);
-        for d in dirs {
+        for d in testkit::program_dirs() {
             let Ok(entries) = std::fs::read_dir(&d) else {
                 continue;
             };
