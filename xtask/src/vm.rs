@@ -160,7 +160,7 @@ fn initramfs(root: &Path, dir: &Path) -> Result<PathBuf> {
     }
     let init = tree.join("init");
     fs::write(&init, INIT)?;
-    cmd::run(Command::new("chmod").arg("755").arg(&init))?;
+    fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let out = dir.join("initrd.gz");
     cmd::run(Command::new("sh").current_dir(&tree).arg("-c").arg(format!(
         "find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
