@@ -1,4 +1,8 @@
-//! `cgroup:cgroup_mkdir` and `cgroup:cgroup_rmdir` into one ring buffer.
+//! `cgroup:cgroup_mkdir` and `cgroup:cgroup_rmdir` into one ring buffer:
+//! as `tp_btf` programs (first choice: they attach without a perf event,
+//! which Debian's and Ubuntu's kernels refuse without CAP_SYS_ADMIN) that
+//! read the `struct cgroup` they are handed, else as classic tracepoints
+//! that read the tracefs record.
 
 use agent_common::{
     CGROUP_EVENT_FLAG_TRUNCATED, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RMDIR, CGROUP_PATH_CAP,
@@ -6,10 +10,10 @@ use agent_common::{
 };
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
-    macros::{map, tracepoint},
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 
 /// Sized by the agent at load time (`map_max_entries`).
@@ -31,6 +35,19 @@ static CG_ID_OFF: u32 = 16;
 static CG_ID_SIZE: u32 = 8;
 #[unsafe(no_mangle)]
 static CG_PATH_OFF: u32 = 24;
+
+// `struct cgroup` offsets from BTF (agent/src/ebpf/layout.rs), for the
+// tp_btf programs.
+#[unsafe(no_mangle)]
+static CGB_ROOT_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CGB_HIERARCHY_ID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CGB_LEVEL_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CGB_KN_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CGB_KN_ID_OFF: u32 = 0;
 
 #[inline(always)]
 pub(crate) fn global(v: &'static u32) -> u32 {
@@ -57,6 +74,90 @@ pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
     bump(&COUNTERS, counter::RMDIR_EVENTS);
     emit(&ctx, CGROUP_EVENT_RMDIR);
     0
+}
+
+#[btf_tracepoint(function = "cgroup_mkdir")]
+pub fn cgroup_mkdir_btf(ctx: BtfTracePointContext) -> i32 {
+    bump(&COUNTERS, counter::MKDIR_EVENTS);
+    emit_btf(&ctx, CGROUP_EVENT_MKDIR);
+    0
+}
+
+#[btf_tracepoint(function = "cgroup_rmdir")]
+pub fn cgroup_rmdir_btf(ctx: BtfTracePointContext) -> i32 {
+    bump(&COUNTERS, counter::RMDIR_EVENTS);
+    emit_btf(&ctx, CGROUP_EVENT_RMDIR);
+    0
+}
+
+#[inline(always)]
+unsafe fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
+    let mut v = core::mem::MaybeUninit::<T>::uninit();
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            v.as_mut_ptr() as *mut core::ffi::c_void,
+            core::mem::size_of::<T>() as u32,
+            base.add(off as usize) as *const core::ffi::c_void,
+        )
+    };
+    if rc != 0 {
+        return Err(rc);
+    }
+    Ok(unsafe { v.assume_init() })
+}
+
+#[inline(always)]
+fn emit_btf(ctx: &BtfTracePointContext, kind: u32) {
+    let Some(mut entry) = CGROUP_EVENTS.reserve::<CgroupEvent>(0) else {
+        bump(&COUNTERS, counter::CGROUP_RINGBUF_DROPS);
+        return;
+    };
+    // The tracepoint's prototype: (struct cgroup *cgrp, const char *path).
+    let cgrp: *const u8 = ctx.arg(0);
+    let path: *const u8 = ctx.arg(1);
+    if unsafe { fill_btf(cgrp, path, kind, entry.as_mut_ptr()) }.is_ok() {
+        entry.submit(0);
+    } else {
+        entry.discard(0);
+        bump(&COUNTERS, counter::CGROUP_READ_ERRORS);
+    }
+}
+
+#[inline(always)]
+unsafe fn fill_btf(
+    cgrp: *const u8,
+    path: *const u8,
+    kind: u32,
+    ev: *mut CgroupEvent,
+) -> Result<(), i64> {
+    unsafe {
+        let root: *const u8 = read(cgrp, global(&CGB_ROOT_OFF))?;
+        let kn: *const u8 = read(cgrp, global(&CGB_KN_OFF))?;
+        (*ev).kind = kind;
+        (*ev).hierarchy = read::<i32>(root, global(&CGB_HIERARCHY_ID_OFF))? as u32;
+        (*ev).level = read::<i32>(cgrp, global(&CGB_LEVEL_OFF))? as u32;
+        (*ev).id = read::<u64>(kn, global(&CGB_KN_ID_OFF))?;
+        (*ev).boot_ns = bpf_ktime_get_boot_ns();
+        (*ev)._pad = 0;
+        let dst = core::ptr::addr_of_mut!((*ev).path) as *mut core::ffi::c_void;
+        let n = bpf_probe_read_kernel_str(
+            dst,
+            CGROUP_PATH_CAP as u32,
+            path as *const core::ffi::c_void,
+        );
+        if n < 0 {
+            return Err(n);
+        }
+        // A full buffer may have cut the path (or it fit exactly: then the
+        // walk adds it all the same).
+        (*ev).flags = if n as usize >= CGROUP_PATH_CAP {
+            CGROUP_EVENT_FLAG_TRUNCATED
+        } else {
+            0
+        };
+        (*ev).path_len = n as u32;
+    }
+    Ok(())
 }
 
 #[inline(always)]

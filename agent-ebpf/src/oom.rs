@@ -5,6 +5,11 @@
 //! victim's memory cgroup, then up its ancestors to the first one whose
 //! page counter is at its limit: the memory cgroup that ran out. Every
 //! offset is a global set from the kernel's BTF at load time.
+//!
+//! Before 6.8 the tracepoint passes only the victim's pid. Its program then
+//! walks the task that ran out (the current one: a memory cgroup's OOM
+//! kill runs in the task whose charge failed, below the cgroup at its
+//! limit), which is also the victim when the pids agree.
 
 use agent_common::{
     OOM_FLAG_LIMIT_FOUND, OOM_FLAG_MEMCG, OOM_SOURCE_BTF, OOM_SOURCE_TRACEPOINT, OomEvent,
@@ -12,7 +17,10 @@ use agent_common::{
 };
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_probe_read_kernel, generated::bpf_ktime_get_boot_ns},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_task, bpf_ktime_get_boot_ns},
+    },
     macros::{btf_tracepoint, map, tracepoint},
     maps::RingBuf,
     programs::{BtfTracePointContext, TracePointContext},
@@ -122,14 +130,24 @@ unsafe fn fill_btf(task: *const u8, ev: *mut OomEvent) -> Result<(), i64> {
         (*ev).pid = read::<i32>(task, global(&TASK_PID_OFF))? as u32;
         (*ev).tgid = read::<i32>(task, global(&TASK_TGID_OFF))? as u32;
         (*ev).comm = read::<[u8; TASK_COMM_LEN]>(task, global(&TASK_COMM_OFF))?;
+        walk_memcg(task, ev, true)
+    }
+}
 
+/// From `task`'s memory cgroup (the victim's when `victim`) up to the
+/// first one at its limit.
+#[inline(always)]
+unsafe fn walk_memcg(task: *const u8, ev: *mut OomEvent, victim: bool) -> Result<(), i64> {
+    unsafe {
         let cgroups: *const u8 = read(task, global(&TASK_CGROUPS_OFF))?;
         let mut css: *const u8 = read(cgroups, global(&CSS_SET_MEMORY_OFF))?;
         if css.is_null() {
             return Ok(());
         }
-        (*ev).memcg_id = kn_id(css)?;
-        (*ev).flags |= OOM_FLAG_MEMCG;
+        if victim {
+            (*ev).memcg_id = kn_id(css)?;
+            (*ev).flags |= OOM_FLAG_MEMCG;
+        }
         for _ in 0..MAX_DEPTH {
             if at_limit(css, global(&MEMCG_USAGE_OFF), global(&MEMCG_MAX_OFF))
                 || at_limit(css, global(&MEMSW_USAGE_OFF), global(&MEMSW_MAX_OFF))
@@ -181,6 +199,25 @@ fn fill_tp(ctx: &TracePointContext, ev: *mut OomEvent) -> Result<(), i64> {
             let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
             (*ev).comm =
                 bpf_probe_read_kernel(src as *const [u8; TASK_COMM_LEN]).map_err(|e| e as i64)?;
+        }
+        // Without BTF offsets the agent resolves the victim from /proc alone.
+        if global(&TASK_CGROUPS_OFF) != 0 {
+            let task = bpf_get_current_task() as *const u8;
+            let current = read::<i32>(task, global(&TASK_PID_OFF));
+            let is_victim = current == Ok(pid);
+            if is_victim {
+                (*ev).tgid = read::<i32>(task, global(&TASK_TGID_OFF)).unwrap_or(0) as u32;
+                if comm_at == 0
+                    && let Ok(comm) = read::<[u8; TASK_COMM_LEN]>(task, global(&TASK_COMM_OFF))
+                {
+                    (*ev).comm = comm;
+                }
+            }
+            // The pid alone still names the victim: a failed walk is
+            // counted, not fatal.
+            if walk_memcg(task, ev, is_victim).is_err() {
+                bump(&COUNTERS, counter::OOM_READ_ERRORS);
+            }
         }
     }
     Ok(())

@@ -45,6 +45,12 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = CollectorMode::Auto)]
     pub collector: CollectorMode,
 
+    /// Attach the cgroup and OOM programs as classic tracepoints even where
+    /// the kernel offers `tp_btf` (which needs no perf event): tests that
+    /// fallback on kernels that have both.
+    #[arg(long, hide = true)]
+    pub ebpf_classic_tracepoints: bool,
+
     /// The kernel log to parse for OOM kills: /dev/kmsg (followed from its
     /// end), or a file of records in the same format (read from its start
     /// and followed).

@@ -426,7 +426,7 @@ fn start_ebpf(config: &Config) -> Result<Started> {
         }
     };
     if want_discovery {
-        match kernel.attach_cgroup() {
+        match kernel.attach_cgroup(config.ebpf_classic_tracepoints) {
             Ok(()) => started.discovery = "ebpf",
             Err(e) if forced[0].1 => return Err(e).context("--discovery ebpf"),
             Err(e) => {
@@ -435,7 +435,7 @@ fn start_ebpf(config: &Config) -> Result<Started> {
         }
     }
     if want_oom {
-        match kernel.attach_oom() {
+        match kernel.attach_oom(config.ebpf_classic_tracepoints) {
             Ok(program) => {
                 tracing::info!(?program, "OOM kills observed in the kernel");
                 started.oom_ebpf = true;

@@ -387,6 +387,23 @@ impl Btf {
         self.member(ty, path).map(|(o, _)| o)
     }
 
+    /// The offset of a member whose shape passes `ok`.
+    pub fn typed_offset(
+        &self,
+        ty: &str,
+        path: &[&str],
+        ok: impl Fn(Shape) -> bool,
+    ) -> Result<u32, BtfError> {
+        let (off, shape) = self.member(ty, path)?;
+        if !ok(shape) {
+            return Err(BtfError::NoMember {
+                ty: ty.to_owned(),
+                member: format!("{} of the expected type (found {shape:?})", path.join(".")),
+            });
+        }
+        Ok(off)
+    }
+
     /// The arguments the kernel passes to programs on BTF tracepoint `tp`
     /// (its `btf_trace_<tp>` typedef), after the context pointer: what a
     /// `tp_btf` program really receives on this kernel.

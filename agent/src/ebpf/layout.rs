@@ -3,9 +3,55 @@
 use std::path::Path;
 
 use super::{
+    btf::{Arg, Btf, BtfError, Shape},
     tracefs::{FormatError, TracepointFormat},
     EbpfError,
 };
+
+/// `struct cgroup` offsets the `tp_btf` cgroup programs read, from BTF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupBtfLayout {
+    pub root: u32,
+    pub hierarchy_id: u32,
+    pub level: u32,
+    pub kn: u32,
+    pub kn_id: u32,
+}
+
+impl CgroupBtfLayout {
+    /// Offsets, once both tracepoints are seen to pass
+    /// `(struct cgroup *, const char *)`.
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        for tp in ["cgroup_mkdir", "cgroup_rmdir"] {
+            let args = btf.tracepoint_args(tp)?;
+            if args != [Arg::PtrTo("cgroup".into()), Arg::PtrTo(String::new())] {
+                return Err(BtfError::Prototype {
+                    tp: tp.into(),
+                    expected: "(struct cgroup *, const char *)".into(),
+                    found: format!("{args:?}"),
+                });
+            }
+        }
+        Ok(Self {
+            root: btf.typed_offset("cgroup", &["root"], |s| s == Shape::Ptr)?,
+            hierarchy_id: btf
+                .typed_offset("cgroup_root", &["hierarchy_id"], |s| s == Shape::Int(4))?,
+            level: btf.typed_offset("cgroup", &["level"], |s| s == Shape::Int(4))?,
+            kn: btf.typed_offset("cgroup", &["kn"], |s| s == Shape::Ptr)?,
+            kn_id: btf.typed_offset("kernfs_node", &["id"], |s| s == Shape::Int(8))?,
+        })
+    }
+
+    pub fn globals(&self) -> [(&'static str, u32); 5] {
+        [
+            ("CGB_ROOT_OFF", self.root),
+            ("CGB_HIERARCHY_ID_OFF", self.hierarchy_id),
+            ("CGB_LEVEL_OFF", self.level),
+            ("CGB_KN_OFF", self.kn),
+            ("CGB_KN_ID_OFF", self.kn_id),
+        ]
+    }
+}
 
 /// Offsets of the `cgroup` event class (`cgroup_mkdir`, `cgroup_rmdir`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +119,17 @@ mod tests {
             &TracepointFormat::parse(&std::fs::read_to_string(p).unwrap()).unwrap(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn this_kernels_cgroup_btf_layout() {
+        let Ok(btf) = Btf::from_sys() else {
+            testkit::skip("no vmlinux BTF");
+            return;
+        };
+        let l = CgroupBtfLayout::from_btf(&btf).unwrap();
+        assert_ne!(l.root, l.kn);
+        assert!(l.level > 0 && l.kn_id > 0);
     }
 
     #[test]

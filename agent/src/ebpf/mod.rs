@@ -17,7 +17,7 @@ use aya::{
 use thiserror::Error;
 
 use self::{
-    layout::CgroupLayout,
+    layout::{CgroupBtfLayout, CgroupLayout},
     oom_layout::{MarkVictimLayout, OomBtfLayout},
     tracefs::FormatError,
 };
@@ -59,6 +59,17 @@ pub enum EbpfError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "program {name}: {source}; kernel.perf_event_paranoid is {paranoid}, and this kernel \
+         (Debian's and Ubuntu's patch) then opens tracepoint perf events only with CAP_SYS_ADMIN: \
+         set kernel.perf_event_paranoid=2 for eBPF with CAP_BPF and CAP_PERFMON alone"
+    )]
+    PerfRestricted {
+        name: &'static str,
+        paranoid: i32,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -78,6 +89,8 @@ pub struct Kernel {
     pub tracefs: PathBuf,
     /// Why a subsystem's programs cannot be used on this kernel, if so.
     cgroup_unusable: Option<String>,
+    /// Why the `tp_btf` cgroup programs cannot be used, if so.
+    cgroup_btf_unusable: Option<String>,
     oom_btf_unusable: Option<String>,
     oom_tp_unusable: Option<String>,
     /// The kernel's BTF as aya loads programs against it: parsed on the
@@ -137,10 +150,15 @@ impl Kernel {
         // Parsed once for every layout that needs it, then dropped.
         let kernel_btf = btf::Btf::from_sys();
         let with_btf = || kernel_btf.as_ref().map_err(Clone::clone);
+        let cgroup_btf = with_btf().and_then(CgroupBtfLayout::from_btf);
         let oom_btf = with_btf().and_then(OomBtfLayout::from_btf);
+        let oom_btf_task = with_btf().and_then(oom_layout::mark_victim_passes_task);
         let oom_tp = MarkVictimLayout::read(&tracefs);
         let mut globals: Vec<(&'static str, u32)> = Vec::new();
         if let Ok(l) = &cgroup {
+            globals.extend(l.globals());
+        }
+        if let Ok(l) = &cgroup_btf {
             globals.extend(l.globals());
         }
         if let Ok(l) = &oom_btf {
@@ -174,26 +192,42 @@ impl Kernel {
             tracefs,
             aya_btf: None,
             cgroup_unusable: cgroup.err().map(|e| e.to_string()),
-            oom_btf_unusable: oom_btf.err().map(|e| format!("kernel BTF: {e}")),
+            cgroup_btf_unusable: cgroup_btf.err().map(|e| format!("kernel BTF: {e}")),
+            oom_btf_unusable: oom_btf
+                .err()
+                .or(oom_btf_task.err())
+                .map(|e| format!("kernel BTF: {e}")),
             oom_tp_unusable: oom_tp
                 .err()
                 .map(|e| format!("tracepoint oom:mark_victim: {e}")),
         })
     }
 
-    /// Attaches the cgroup mkdir/rmdir programs.
-    pub fn attach_cgroup(&mut self) -> Result<(), EbpfError> {
+    /// Attaches the cgroup mkdir/rmdir programs: `tp_btf` (no perf event
+    /// needed), else (or when `classic`) the classic tracepoints.
+    pub fn attach_cgroup(&mut self, classic: bool) -> Result<(), EbpfError> {
+        let btf_error = match &self.cgroup_btf_unusable {
+            _ if classic => "classic tracepoints asked for".to_owned(),
+            Some(why) => why.clone(),
+            None => match self.attach_btf_tracepoint("cgroup_mkdir_btf", "cgroup_mkdir") {
+                // Both or neither: the pair's events share one ring.
+                Ok(()) => return self.attach_btf_tracepoint("cgroup_rmdir_btf", "cgroup_rmdir"),
+                Err(e) => e.to_string(),
+            },
+        };
         if let Some(why) = &self.cgroup_unusable {
-            return Err(EbpfError::Unusable(why.clone()));
+            return Err(EbpfError::Unusable(format!("{btf_error}; {why}")));
         }
+        tracing::info!(error = %btf_error, "tp_btf/cgroup_mkdir unavailable: using the classic cgroup tracepoints");
         self.attach_tracepoint("cgroup_mkdir", "cgroup", "cgroup_mkdir")?;
         self.attach_tracepoint("cgroup_rmdir", "cgroup", "cgroup_rmdir")
     }
 
-    /// Attaches the best OOM program this kernel allows: `tp_btf`, else the
-    /// classic tracepoint.
-    pub fn attach_oom(&mut self) -> Result<OomProgram, EbpfError> {
+    /// Attaches the best OOM program this kernel allows: `tp_btf`, else (or
+    /// when `classic`) the classic tracepoint.
+    pub fn attach_oom(&mut self, classic: bool) -> Result<OomProgram, EbpfError> {
         let btf_error = match &self.oom_btf_unusable {
+            _ if classic => "classic tracepoints asked for".to_owned(),
             Some(why) => why.clone(),
             None => match self.attach_btf_tracepoint("mark_victim_btf", "mark_victim") {
                 Ok(()) => return Ok(OomProgram::Btf),
@@ -226,7 +260,8 @@ impl Kernel {
         Ok(())
     }
 
-    /// Loads the tracepoint program `name` and attaches it to `group/event`.
+    /// Loads the tracepoint program `name` and attaches it to `group/event`
+    /// (through perf_event_open, unlike the `tp_btf` programs).
     fn attach_tracepoint(
         &mut self,
         name: &'static str,
@@ -242,8 +277,17 @@ impl Kernel {
             .map_err(|source| EbpfError::Program { name, source })?;
         tp.load()
             .map_err(|source| EbpfError::Program { name, source })?;
-        tp.attach(group, event)
-            .map_err(|source| EbpfError::Program { name, source })?;
+        tp.attach(group, event).map_err(|source| {
+            // Above 2 is a distribution patch (upstream stops at 2).
+            match perf_event_paranoid() {
+                Some(paranoid) if paranoid > 2 => EbpfError::PerfRestricted {
+                    name,
+                    paranoid,
+                    source,
+                },
+                _ => EbpfError::Program { name, source },
+            }
+        })?;
         self.attached.push(name);
         tracing::info!(program = name, tracepoint = %format!("{group}:{event}"), "attached eBPF program");
         Ok(())
@@ -315,4 +359,13 @@ impl Drop for Kernel {
             tracing::info!(programs = ?self.attached, "detaching eBPF programs");
         }
     }
+}
+
+/// `kernel.perf_event_paranoid`, if readable.
+fn perf_event_paranoid() -> Option<i32> {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }

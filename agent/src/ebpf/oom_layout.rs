@@ -1,5 +1,7 @@
 //! Globals of the OOM programs: struct member offsets from the kernel's BTF
-//! (for `tp_btf/mark_victim`) and the classic tracepoint's record layout.
+//! (the `tp_btf/mark_victim` program walks the victim with them, the
+//! classic tracepoint's program the task that ran out) and the classic
+//! tracepoint's record layout.
 
 use std::path::Path;
 
@@ -8,7 +10,7 @@ use super::{
     tracefs::{FormatError, TracepointFormat},
 };
 
-/// Offsets the `tp_btf/mark_victim` program walks with.
+/// Offsets the OOM programs walk a task's memory cgroups with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OomBtfLayout {
     pub task_pid: u32,
@@ -29,29 +31,23 @@ pub struct OomBtfLayout {
     pub memsw_max: u32,
 }
 
-fn expect(btf: &Btf, ty: &str, path: &[&str], ok: impl Fn(Shape) -> bool) -> Result<u32, BtfError> {
-    let (off, shape) = btf.member(ty, path)?;
-    if !ok(shape) {
-        return Err(BtfError::NoMember {
-            ty: ty.to_owned(),
-            member: format!("{} of the expected type (found {shape:?})", path.join(".")),
+/// Whether `tp_btf/mark_victim` hands its program the victim's task. On
+/// kernels that pass only its pid a program reading it as a task would
+/// attach and then read garbage.
+pub fn mark_victim_passes_task(btf: &Btf) -> Result<(), BtfError> {
+    let args = btf.tracepoint_args("mark_victim")?;
+    if args.first() != Some(&Arg::PtrTo("task_struct".into())) {
+        return Err(BtfError::Prototype {
+            tp: "mark_victim".into(),
+            expected: "(struct task_struct *, …)".into(),
+            found: format!("{args:?}"),
         });
     }
-    Ok(off)
+    Ok(())
 }
 
 impl OomBtfLayout {
     pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
-        // Before 6.8 the tracepoint passes only the victim's pid: a program
-        // reading it as a task would attach and then read garbage.
-        let args = btf.tracepoint_args("mark_victim")?;
-        if args.first() != Some(&Arg::PtrTo("task_struct".into())) {
-            return Err(BtfError::Prototype {
-                tp: "mark_victim".into(),
-                expected: "(struct task_struct *, …)".into(),
-                found: format!("{args:?}"),
-            });
-        }
         let int = |n| move |s| s == Shape::Int(n);
         let ptr = |s| s == Shape::Ptr;
         // A counter is a plain integer or an atomic_long_t wrapping one.
@@ -71,27 +67,27 @@ impl OomBtfLayout {
         }
         let css = btf.offset("mem_cgroup", &["css"])?;
         let counter = |name: &str| -> Result<(u32, u32), BtfError> {
-            let usage = expect(btf, "mem_cgroup", &[name, "usage"], word)?;
-            let max = expect(btf, "mem_cgroup", &[name, "max"], word)?;
+            let usage = btf.typed_offset("mem_cgroup", &[name, "usage"], word)?;
+            let max = btf.typed_offset("mem_cgroup", &[name, "max"], word)?;
             Ok((usage - css, max - css))
         };
         let (memcg_usage, memcg_max) = counter("memory")?;
         let (memsw_usage, memsw_max) = counter("memsw").unwrap_or((0, 0));
         Ok(Self {
-            task_pid: expect(btf, "task_struct", &["pid"], int(4))?,
-            task_tgid: expect(btf, "task_struct", &["tgid"], int(4))?,
-            task_comm: expect(btf, "task_struct", &["comm"], |s| {
+            task_pid: btf.typed_offset("task_struct", &["pid"], int(4))?,
+            task_tgid: btf.typed_offset("task_struct", &["tgid"], int(4))?,
+            task_comm: btf.typed_offset("task_struct", &["comm"], |s| {
                 s == Shape::Array {
                     elem_size: 1,
                     len: agent_common::TASK_COMM_LEN as u32,
                 }
             })?,
-            task_cgroups: expect(btf, "task_struct", &["cgroups"], ptr)?,
+            task_cgroups: btf.typed_offset("task_struct", &["cgroups"], ptr)?,
             css_set_memory: subsys + 8 * memory_id as u32,
-            css_cgroup: expect(btf, "cgroup_subsys_state", &["cgroup"], ptr)?,
-            css_parent: expect(btf, "cgroup_subsys_state", &["parent"], ptr)?,
-            cgroup_kn: expect(btf, "cgroup", &["kn"], ptr)?,
-            kn_id: expect(btf, "kernfs_node", &["id"], int(8))?,
+            css_cgroup: btf.typed_offset("cgroup_subsys_state", &["cgroup"], ptr)?,
+            css_parent: btf.typed_offset("cgroup_subsys_state", &["parent"], ptr)?,
+            cgroup_kn: btf.typed_offset("cgroup", &["kn"], ptr)?,
+            kn_id: btf.typed_offset("kernfs_node", &["id"], int(8))?,
             memcg_usage,
             memcg_max,
             memsw_usage,

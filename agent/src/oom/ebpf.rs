@@ -100,7 +100,8 @@ async fn attribute(
             kill.constraint = "CONSTRAINT_NONE".into();
         }
     } else {
-        // The classic tracepoint: ask /proc while the victim still exists.
+        // The classic tracepoint, the victim not the task that ran out: ask
+        // /proc while the victim still exists.
         let from_proc = victim_from_proc(ev.pid, memory);
         if kill.comm.is_empty() {
             kill.comm = fs::read_to_string(format!("/proc/{}/comm", ev.pid))
@@ -108,7 +109,12 @@ async fn attribute(
                 .unwrap_or_default();
         }
         kill.victim = from_proc.clone();
-        kill.oom = from_proc;
+        kill.oom = if ev.flags & OOM_FLAG_LIMIT_FOUND != 0 {
+            kill.constraint = "CONSTRAINT_MEMCG".into();
+            resolve(tx, memory, ev.oom_memcg_id).await
+        } else {
+            from_proc
+        };
     }
     if kill.victim.is_none() {
         stats.errors.record(
