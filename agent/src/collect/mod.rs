@@ -76,6 +76,8 @@ pub struct CollectStats {
     /// Total time spent collecting, in nanoseconds.
     pub busy_ns: AtomicU64,
     pub files_read: AtomicU64,
+    /// Abandoned threads still blocked in a hung collection.
+    pub quarantined: AtomicU64,
 }
 
 thread_local! {
@@ -145,6 +147,9 @@ struct Tracked {
     /// Bumped on every (re)schedule so stale heap entries are ignored.
     generation: u64,
     in_flight: bool,
+    /// Its collection hung and the thread running it has not returned:
+    /// not collected again (nor another thread spent on it) until it has.
+    quarantined: bool,
     /// False once the container is removed: no more collections.
     live: bool,
     last: Option<Arc<Sample>>,
@@ -224,6 +229,8 @@ pub fn spawn(
             }
         };
         let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        // Abandoned threads still blocked, by id: the path each hangs in.
+        let mut abandoned: HashMap<u64, Arc<str>> = HashMap::new();
         let mut seq = 0u64;
         loop {
             let next = heap.peek().map(|Reverse((t, _, _))| *t);
@@ -244,7 +251,7 @@ pub fn spawn(
                         }
                         heap.pop();
                         let Some(t) = tracked.get_mut(&path) else { continue };
-                        if t.generation != generation || t.in_flight {
+                        if t.generation != generation || t.in_flight || t.quarantined {
                             continue;
                         }
                         t.in_flight = true;
@@ -266,10 +273,10 @@ pub fn spawn(
                     }
                 }
                 _ = watchdog.tick() => {
-                    let Some((path, generation)) = worker.stuck(STUCK) else { continue };
+                    let Some((path, _)) = worker.stuck(STUCK) else { continue };
                     collector.errors.record(
                         "stuck",
-                        format!("collecting {path} took longer than {STUCK:?}; skipped, on a new thread"),
+                        format!("collecting {path} took longer than {STUCK:?}; skipped until that read returns, the others on a new thread"),
                     );
                     let fresh = match new_worker() {
                         Ok(w) => w,
@@ -278,21 +285,33 @@ pub fn spawn(
                             continue;
                         }
                     };
-                    std::mem::replace(&mut worker, fresh).abandon();
+                    let old = std::mem::replace(&mut worker, fresh);
+                    abandoned.insert(old.id, path.clone());
+                    old.abandon();
+                    collector.stats.quarantined.store(abandoned.len() as u64, Ordering::Relaxed);
                     // What the old thread still had queued is due again now.
                     let now = Instant::now();
                     for (p, t) in tracked.iter_mut().filter(|(_, t)| t.in_flight) {
                         t.in_flight = false;
-                        if *p != path {
+                        if *p == path {
+                            t.quarantined = true;
+                        } else {
                             heap.push(Reverse((now, t.generation, p.clone())));
                         }
                     }
-                    let result = vec![(path, generation, None)];
-                    settle(result, &sinks, &mut tracked, &mut heap, &mut seq, cadence, pacing);
                 }
                 Some((from, results)) = done_rx.recv() => {
                     if from == worker.id {
                         settle(results, &sinks, &mut tracked, &mut heap, &mut seq, cadence, pacing);
+                    } else if let Some(path) = abandoned.remove(&from) {
+                        // The hung read returned and its thread is gone: the
+                        // path is tried again, at the slowest pace.
+                        collector.stats.quarantined.store(abandoned.len() as u64, Ordering::Relaxed);
+                        if let Some(t) = tracked.get_mut(&path) {
+                            t.quarantined = false;
+                            let result = vec![(path, t.generation, None)];
+                            settle(result, &sinks, &mut tracked, &mut heap, &mut seq, cadence, pacing);
+                        }
                     }
                 }
             }
@@ -408,6 +427,7 @@ fn sync(
                 interval: Duration::ZERO,
                 generation: *seq,
                 in_flight: false,
+                quarantined: false,
                 live: true,
                 last: None,
                 reported_oom_kills: None,

@@ -6,8 +6,9 @@
 //!
 //! A collection that hangs (a frozen cgroup, a stuck filesystem) holds up
 //! only itself: the scheduler sees it through [`Worker::stuck`], abandons
-//! the thread (it exits once the read returns, its results dropped) and
-//! starts another.
+//! the thread and starts another. The abandoned thread reports once its
+//! read returns, then exits; until then the path it hangs in is not tried
+//! again, so a path that hangs for good costs one thread, not one a retry.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -120,6 +121,9 @@ fn run(
             }
         };
         if !state.alive.load(Ordering::Relaxed) {
+            // Tells the scheduler this thread is gone (with the collection
+            // it was abandoned in, which it ignores).
+            flush(&mut batch);
             return;
         }
         let path = work.job.path.clone();
@@ -131,6 +135,10 @@ fn run(
         .ok();
         *state.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
         batch.push((path, work.generation, sample));
+        if !state.alive.load(Ordering::Relaxed) {
+            flush(&mut batch);
+            return;
+        }
         if batch.len() >= BATCH && flush(&mut batch) {
             return;
         }

@@ -208,6 +208,14 @@ pub fn encode(encoder: &mut DescriptorEncoder, s: &Sources, snapshot: &Snapshot)
             MetricType::Counter,
         )?
         .counter(&NO_LABELS, load(&st.files_read))?;
+        Family::new(
+            encoder,
+            "cgscope_collection_hung_threads",
+            "Collector threads blocked in a read that hung (each such cgroup is skipped until its read returns).",
+            None,
+            MetricType::Gauge,
+        )?
+        .gauge(&NO_LABELS, load(&st.quarantined) as i64)?;
         let mut errors = Family::new(
             encoder,
             "cgscope_collection_errors",
