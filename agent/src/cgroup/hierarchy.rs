@@ -112,6 +112,16 @@ impl Hierarchies {
     }
 
     pub fn parse(mountinfo: &str, self_cgroup: &str) -> Result<Self, HierarchyError> {
+        Self::parse_with(mountinfo, self_cgroup, is_hierarchy_root)
+    }
+
+    /// [`Self::parse`], with `is_root` telling whether a mounted directory
+    /// is its hierarchy's root.
+    fn parse_with(
+        mountinfo: &str,
+        self_cgroup: &str,
+        is_root: impl Fn(&Path) -> bool,
+    ) -> Result<Self, HierarchyError> {
         let mounts =
             MountInfos::from_read(mountinfo.as_bytes()).map_err(|source| HierarchyError::Read {
                 path: "mountinfo".into(),
@@ -151,12 +161,25 @@ impl Hierarchies {
             } else {
                 wanted
             };
+            // In a private cgroup namespace (a container's, by default on
+            // cgroup v2) mountinfo shows a mount's root relative to the
+            // namespace's: the host's hierarchy bind-mounted in (a
+            // DaemonSet's hostPath) reads `/../..`. Its paths are the
+            // host's, as the kernel's tracepoints name them.
+            let mount_root = if m.root.starts_with("/..") && is_root(&m.mount_point) {
+                "/".to_owned()
+            } else {
+                if m.root.starts_with("/..") {
+                    tracing::warn!(mount = %m.mount_point.display(), root = %m.root, "a cgroup mount whose root lies outside this cgroup namespace and is not its hierarchy's root: cgroups outside it cannot be named; mount the host's whole hierarchy");
+                }
+                m.root.clone()
+            };
             list.push(Hierarchy {
                 id,
                 version: if id == 0 { Version::V2 } else { Version::V1 },
                 controllers,
                 mount: m.mount_point.clone(),
-                mount_root: m.root.clone(),
+                mount_root,
             });
         }
         if list.is_empty() {
@@ -193,6 +216,12 @@ impl Hierarchies {
     pub fn ids(&self) -> BTreeSet<u32> {
         self.list.iter().map(|h| h.id).collect()
     }
+}
+
+/// kernfs gives a hierarchy's root directory inode 1.
+fn is_hierarchy_root(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(dir).is_ok_and(|m| m.ino() == 1)
 }
 
 fn has_controller(
@@ -284,6 +313,23 @@ mod tests {
         assert_eq!(h.mount_relative("/kubepodsX"), None);
         assert_eq!(h.mount_relative("/system.slice"), None);
         assert_eq!(h.dir("/pod1"), Path::new("/mnt/m/pod1"));
+    }
+
+    /// A container with a private cgroup namespace and the host's cgroup2
+    /// bind-mounted at /sys/fs/cgroup, as the DaemonSet runs.
+    #[test]
+    fn the_hosts_hierarchy_seen_from_a_cgroup_namespace() {
+        let mountinfo = "1101 1100 0:29 /../.. /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime master:3 - cgroup2 cgroup2 rw,nsdelegate\n";
+        let h = Hierarchies::parse_with(mountinfo, "0::/\n", |_| true).unwrap();
+        let v2 = h.get(0).unwrap();
+        assert_eq!(v2.mount_root, "/");
+        assert_eq!(
+            v2.mount_relative("/kubepods.slice/x"),
+            Some("/kubepods.slice/x")
+        );
+        // A subtree outside the namespace cannot be named.
+        let h = Hierarchies::parse_with(mountinfo, "0::/\n", |_| false).unwrap();
+        assert_eq!(h.get(0).unwrap().mount_relative("/kubepods.slice/x"), None);
     }
 
     #[test]
