@@ -13,7 +13,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{cgroups::wait_for, prometheus::Prometheus, require_root, skip, Agent};
+use tests::{cgroups::wait_for, prometheus::Prometheus, require_root, skip, yaml_docs, Agent};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -57,22 +57,6 @@ fn release_bin(test: &str) -> Option<PathBuf> {
         bin.display()
     ));
     None
-}
-
-/// YAML documents as JSON values (PyYAML, which kubernetes-validate brings).
-fn yaml_docs(yaml: &str) -> Vec<Value> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("in.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
-        ])
-        .arg(&path)
-        .output()
-        .expect("python3");
-    serde_json::from_str(&ok(&out, "yaml to json")).unwrap()
 }
 
 /// kustomize's `resources` and strategic-merge `patches`, as far as these

@@ -26,6 +26,25 @@ fn modes(test: &str) -> Vec<&'static str> {
     }
 }
 
+/// [`modes`] plus `ebpf-classic`: the classic `oom:mark_victim`
+/// tracepoint (the program kernels before 6.8 get) on a kernel that also
+/// offers `tp_btf`.
+fn modes_with_classic(test: &str) -> Vec<&'static str> {
+    let mut m = modes(test);
+    if m.contains(&"ebpf") {
+        m.insert(1, "ebpf-classic");
+    }
+    m
+}
+
+/// The agent's arguments for a mode of [`modes_with_classic`].
+fn source_args(mode: &str) -> Vec<&str> {
+    match mode {
+        "ebpf-classic" => vec!["--oom-source", "ebpf", "--ebpf-classic-tracepoints"],
+        m => vec!["--oom-source", m],
+    }
+}
+
 /// Runs `tail /dev/zero` (it buffers an endless line) inside the cgroup
 /// until the OOM killer ends it. Returns its pid and exit status.
 fn run_hog(tree: &CgroupTree, rel: &str) -> (u32, ExitStatus) {
@@ -43,20 +62,22 @@ fn run_hog(tree: &CgroupTree, rel: &str) -> (u32, ExitStatus) {
     (pid, status)
 }
 
-fn limit(tree: &CgroupTree, rel: &str, bytes: u64) {
-    fs::write(
-        tree.dir("memory", rel).join("memory.limit_in_bytes"),
-        bytes.to_string(),
-    )
-    .unwrap();
-}
-
-fn oom_kill_file(tree: &CgroupTree, rel: &str) -> u64 {
-    let text = fs::read_to_string(tree.dir("memory", rel).join("memory.oom_control")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("memory.oom_control has oom_kill")
+/// Makes `victim` with a 64 MiB limit, waits until the agent knows it,
+/// and has a hog of the test's own OOM-killed there; returns its pid.
+fn kill_in_limited_victim(agent: &Agent, tree: &CgroupTree) -> u32 {
+    tree.mkdir("victim").unwrap();
+    tree.set_memory_limit("victim", MIB64);
+    let path = tree.path("victim");
+    wait_for("the cgroup is known", Duration::from_secs(10), || {
+        oom_count(&agent.scrape(), &path) == Some(0.0)
+    });
+    let (pid, status) = run_hog(tree, "victim");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the hog was OOM-killed"
+    );
+    pid
 }
 
 fn oom_count(m: &Metrics, path: &str) -> Option<f64> {
@@ -97,25 +118,15 @@ fn a_kill_is_counted_against_its_container_and_survives_removal() {
             agent.log()
         );
         let tree = CgroupTree::new(&format!("oom-{mode}"), &["memory"]);
-        tree.mkdir("victim").unwrap();
-        limit(&tree, "victim", MIB64);
         let path = tree.path("victim");
-        wait_for("the cgroup is known", Duration::from_secs(10), || {
-            oom_count(&agent.scrape(), &path) == Some(0.0)
-        });
-        let (pid, status) = run_hog(&tree, "victim");
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "the hog was OOM-killed"
-        );
+        let pid = kill_in_limited_victim(&agent, &tree);
         wait_for(
             &format!("[{mode}] container_oom_events_total = 1"),
             Duration::from_secs(10),
             || oom_count(&agent.scrape(), &path) == Some(1.0),
         );
         assert_eq!(
-            oom_kill_file(&tree, "victim"),
+            tree.oom_kills("victim"),
             1,
             "the kernel's own counter agrees"
         );
@@ -179,12 +190,21 @@ fn a_kill_is_counted_against_its_container_and_survives_removal() {
 
 #[test]
 fn nested_limit_charges_oom_to_the_parent_and_the_kill_to_the_child() {
-    for mode in modes("nested_limit_charges_oom_to_the_parent_and_the_kill_to_the_child") {
-        let agent = Agent::start(&["--oom-source", mode]);
+    for mode in
+        modes_with_classic("nested_limit_charges_oom_to_the_parent_and_the_kill_to_the_child")
+    {
+        let agent = Agent::start(&source_args(mode));
+        if mode == "ebpf-classic" {
+            assert!(
+                agent.log().contains("\"program\":\"mark_victim_tp\""),
+                "{}",
+                agent.log()
+            );
+        }
         let tree = CgroupTree::new(&format!("oomnest-{mode}"), &["memory"]);
         tree.mkdir("parent").unwrap();
         tree.mkdir("parent/child").unwrap();
-        limit(&tree, "parent", MIB64);
+        tree.set_memory_limit("parent", MIB64);
         let (parent, child) = (tree.path("parent"), tree.path("parent/child"));
         wait_for("both cgroups are known", Duration::from_secs(10), || {
             let m = agent.scrape();
@@ -203,21 +223,50 @@ fn nested_limit_charges_oom_to_the_parent_and_the_kill_to_the_child() {
             "[{mode}] the kill belongs to the child"
         );
         assert_eq!(
-            (
-                oom_kill_file(&tree, "parent/child"),
-                oom_kill_file(&tree, "parent")
-            ),
+            (tree.oom_kills("parent/child"), tree.oom_kills("parent")),
             (1, 0)
         );
         let ooms = events(&agent, &parent, "oom_events");
         assert!(
             ooms.contains(&format!("\"container_name\":\"{parent}\"")),
-            "[{mode}] oom on the parent: {ooms}"
+            "[{mode}] oom on the parent: {ooms}\n{}\n{}",
+            agent.log(),
+            agent.scrape_agent().0
         );
         let kills = events(&agent, &child, "oom_kill_events");
         assert!(
             kills.contains(&format!("\"pid\":{pid}")),
             "[{mode}] oomKill on the child: {kills}"
+        );
+    }
+}
+
+/// A cgroup removed the moment its last task is killed (a pod whose only
+/// process died, cleaned up at once) keeps its kill: counted against it,
+/// with the victim, within the retention.
+#[test]
+fn a_kill_right_before_rmdir_is_counted_against_the_removed_cgroup() {
+    for mode in
+        modes_with_classic("a_kill_right_before_rmdir_is_counted_against_the_removed_cgroup")
+    {
+        let mut args = source_args(mode);
+        args.extend(["--container-retention", "2m"]);
+        let agent = Agent::start(&args);
+        let tree = CgroupTree::new(&format!("oomrm-{mode}"), &["memory"]);
+        let path = tree.path("victim");
+        let pid = kill_in_limited_victim(&agent, &tree);
+        wait_for("the cgroup can be removed", Duration::from_secs(5), || {
+            tree.rmdir("victim").is_ok()
+        });
+        wait_for(
+            &format!("[{mode}] the removed cgroup's kill is counted"),
+            Duration::from_secs(10),
+            || oom_count(&agent.scrape(), &path) == Some(1.0),
+        );
+        let kills = events(&agent, &path, "oom_kill_events");
+        assert!(
+            kills.contains(&format!("\"pid\":{pid}")),
+            "[{mode}] {kills}"
         );
     }
 }
@@ -341,7 +390,7 @@ fn an_unreadable_kernel_log_is_reported_not_fatal() {
 /// The kernel's own per-cgroup kill counter is the floor of
 /// `container_oom_events_total`: with an OOM source that sees nothing (a
 /// kernel log that never gets the report), a real kill is still counted,
-/// from `memory.oom_control`, and shows as missed. A kill from before the
+/// (`memory.events.local`, `memory.oom_control`), and shows as missed. A kill from before the
 /// agent started is not counted.
 #[test]
 fn a_kill_the_source_missed_is_counted_from_the_cgroups_counter() {
@@ -350,10 +399,10 @@ fn a_kill_the_source_missed_is_counted_from_the_cgroups_counter() {
     }
     let tree = CgroupTree::new("oomfloor", &["memory"]);
     tree.mkdir("old").unwrap();
-    limit(&tree, "old", MIB64);
+    tree.set_memory_limit("old", MIB64);
     let (_, status) = run_hog(&tree, "old");
     assert!(!status.success(), "the hog ended by itself");
-    assert_eq!(oom_kill_file(&tree, "old"), 1);
+    assert_eq!(tree.oom_kills("old"), 1);
     let dir = tempfile::tempdir().unwrap();
     let blind = dir.path().join("kmsg.log");
     fs::write(&blind, "").unwrap();
@@ -373,7 +422,7 @@ fn a_kill_the_source_missed_is_counted_from_the_cgroups_counter() {
         "1s",
     ]);
     tree.mkdir("new").unwrap();
-    limit(&tree, "new", MIB64);
+    tree.set_memory_limit("new", MIB64);
     wait_for("both cgroups collected", Duration::from_secs(15), || {
         let m = agent.scrape();
         [tree.path("old"), tree.path("new")]
@@ -384,10 +433,10 @@ fn a_kill_the_source_missed_is_counted_from_the_cgroups_counter() {
         let (_, status) = run_hog(&tree, rel);
         assert!(!status.success(), "the hog in {rel} ended by itself");
     }
-    assert_eq!(oom_kill_file(&tree, "old"), 2);
-    assert_eq!(oom_kill_file(&tree, "new"), 1);
+    assert_eq!(tree.oom_kills("old"), 2);
+    assert_eq!(tree.oom_kills("new"), 1);
     wait_for(
-        "the missed kills are counted from memory.oom_control",
+        "the missed kills are counted from the kernel's counter",
         Duration::from_secs(30),
         || {
             let m = agent.scrape();

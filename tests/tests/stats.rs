@@ -1,15 +1,10 @@
 //! Statistics end to end: real cgroups, real work done by processes of the
 //! test's own, values checked against the kernel's files and the work.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{fs, path::Path, process::Command, time::Duration};
 
 use tests::{
-    cgroups::{count_io_on_disk_of, disk_of, wait_for, CgroupTree},
+    cgroups::{count_io_on_disk_of, disk_of, wait_for, CgroupTree, Layout},
     require_root, Agent,
 };
 
@@ -20,23 +15,6 @@ fn agent() -> Agent {
         "--max-housekeeping-interval",
         "1s",
     ])
-}
-
-fn read_u64(path: PathBuf) -> u64 {
-    fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn stat_key(path: PathBuf, key: &str) -> u64 {
-    fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{key} in {}", path.display()))
 }
 
 fn within(a: f64, b: f64, pct: f64) -> bool {
@@ -63,7 +41,7 @@ fn cpu_usage_matches_cpuacct_and_the_burners_own_time() {
     std::mem::forget(child);
     let own = (usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) as f64
         + (usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) as f64 / 1e6;
-    let file = read_u64(tree.dir("cpuacct", "").join("cpuacct.usage")) as f64 / 1e9;
+    let file = tree.cpu_usage_seconds("");
     // The counter no longer moves; wait for a collection after the exit.
     let mut seen = 0.0;
     wait_for(
@@ -82,10 +60,12 @@ fn cpu_usage_matches_cpuacct_and_the_burners_own_time() {
     );
     assert!(
         within(seen, file, 5.0),
-        "metric {seen} vs cpuacct.usage {file}"
+        "metric {seen} vs the kernel's {file}"
     );
+    // The burner's own time also has its shell's start before it joined
+    // the cgroup: a few hundred milliseconds under emulation.
     assert!(
-        within(seen, own, 5.0),
+        within(seen, own, 5.0) || (seen < own && own - seen < 0.3),
         "metric {seen} vs the burner's own CPU time {own}"
     );
     assert!(seen > 1.0, "the burner burned ({seen} s)");
@@ -111,18 +91,17 @@ fn memory_usage_matches_the_memory_files() {
         "",
         "exec python3 -c \"import time; b = b'x' * (100 << 20); time.sleep(60)\"",
     );
-    let mem = tree.dir("memory", "");
     wait_for("100 MiB allocated", Duration::from_secs(20), || {
-        read_u64(mem.join("memory.usage_in_bytes")) > 100 << 20
+        tree.memory_usage("") > 100 << 20
     });
     let mut checked = false;
     wait_for(
-        "metrics agree with memory.usage_in_bytes/memory.stat",
+        "metrics agree with the memory usage and memory.stat files",
         Duration::from_secs(15),
         || {
-            let before = read_u64(mem.join("memory.usage_in_bytes")) as f64;
+            let before = tree.memory_usage("") as f64;
             let m = agent.scrape();
-            let after = read_u64(mem.join("memory.usage_in_bytes")) as f64;
+            let after = tree.memory_usage("") as f64;
             let Some(usage) = m.value("container_memory_usage_bytes", &[("id", &path)]) else {
                 return false;
             };
@@ -132,8 +111,8 @@ fn memory_usage_matches_the_memory_files() {
                 let ws = m
                     .value("container_memory_working_set_bytes", &[("id", &path)])
                     .unwrap();
-                let total_rss = stat_key(mem.join("memory.stat"), "total_rss") as f64;
-                let inactive = stat_key(mem.join("memory.stat"), "total_inactive_file") as f64;
+                let total_rss = tree.memory_stat("", "total_rss") as f64;
+                let inactive = tree.memory_stat("", "total_inactive_file") as f64;
                 assert!(
                     within(rss, total_rss, 1.0),
                     "rss {rss} vs total_rss {total_rss}"
@@ -174,7 +153,10 @@ fn direct_writes_show_up_in_fs_writes_bytes() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-io");
     fs::create_dir_all(&dir).unwrap();
     let (major, minor) = disk_of(&dir);
-    count_io_on_disk_of(&dir, &tree.dir("blkio", ""));
+    // v2's io.stat counts every cgroup's I/O; v1 needs a throttle rule.
+    if tree.layout() != Layout::V2 {
+        count_io_on_disk_of(&dir, &tree.dir("blkio", ""));
+    }
     let file = dir.join(format!("direct-{}", std::process::id()));
     let mut child = tree.spawn_in(
         &hs,
@@ -326,6 +308,17 @@ fn traffic_from_a_network_namespace_shows_up_in_transmit_bytes() {
     let _ = child.wait();
 }
 
+/// The agent's collector threads.
+fn collector_threads(a: &Agent) -> usize {
+    fs::read_dir(format!("/proc/{}/task", a.pid()))
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "cgscope-collect")
+        })
+        .count()
+}
+
 /// The `stuck` count of `cgscope_collection_errors_total`.
 fn stuck_errors(a: &Agent) -> f64 {
     a.scrape_agent()
@@ -395,12 +388,50 @@ fn a_collection_that_hangs_holds_up_only_itself() {
         "the hang is logged:\n{}",
         agent.log()
     );
-    // Let a blocked reader go (non-blocking: there may be none just now).
+    // However long it hangs, the hung cgroup holds one thread: it is not
+    // tried again (on yet another thread) while its read is blocked.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        collector_threads(&agent),
+        2,
+        "the blocked one and the one collecting the others"
+    );
+    let hung = |a: &Agent| {
+        a.scrape_agent()
+            .value("cgscope_collection_hung_threads", &[])
+    };
+    assert_eq!(hung(&agent), Some(1.0));
+    // The read returns (a writer comes and goes) and a readable file takes
+    // the FIFO's place: the cgroup is collected again, and the blocked
+    // thread is gone.
     use std::os::unix::fs::OpenOptionsExt as _;
-    let _ = fs::OpenOptions::new()
+    let writer = fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open(&fifo);
+        .open(&fifo)
+        .expect("the agent's thread waits on the FIFO");
+    fs::remove_file(&fifo).unwrap();
+    fs::write(
+        &fifo,
+        "Max open files            1024                 1048576              files\n",
+    )
+    .unwrap();
+    drop(writer);
+    wait_for(
+        "the hung cgroup to be collected again",
+        Duration::from_secs(30),
+        || {
+            agent
+                .scrape()
+                .value(
+                    "container_memory_usage_bytes",
+                    &[("id", &tree.path("hangs"))],
+                )
+                .is_some()
+                && hung(&agent) == Some(0.0)
+        },
+    );
+    assert_eq!(collector_threads(&agent), 1);
     drop(agent);
     for c in [&mut hangs, &mut fine] {
         let _ = c.kill();
