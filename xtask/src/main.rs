@@ -54,6 +54,12 @@ enum Command {
         /// Only this layout: v1 or v2.
         #[arg(long)]
         layout: Option<String>,
+        /// Only the guest's checks, not the end-to-end tests.
+        #[arg(long)]
+        no_tests: bool,
+        /// Arguments for the guest's test binaries (a name filter, …).
+        #[arg(last = true)]
+        args: Vec<String>,
     },
     /// Install what the tests use, build everything and run every test:
     /// unit, eBPF and end-to-end; a test that could not run counts as skipped.
@@ -71,13 +77,34 @@ fn main() -> Result<()> {
         Command::BuildEbpf => build_ebpf::run(&root).map(|_| ()),
         Command::Run { debug, args } => run::run(&root, !debug, &args),
         Command::Test { args } => test::run(&root, &args),
-        Command::Vm { kernel, layout } => {
-            let checks = vm::run(&root, kernel.as_deref(), layout.as_deref())?;
-            let failed: Vec<String> = checks
+        Command::Vm {
+            kernel,
+            layout,
+            no_tests,
+            args,
+        } => {
+            // The guest runs what the tree builds now, not a stale binary.
+            build_ebpf::run(&root)?;
+            test::build_release_agent(&root)?;
+            let guest = if no_tests {
+                None
+            } else {
+                Some(vm::GuestTests {
+                    binaries: test::guest_binaries(&test::list_binaries(&root)?),
+                    args,
+                    strict: true,
+                })
+            };
+            let (checks, cells) =
+                vm::run(&root, kernel.as_deref(), layout.as_deref(), guest.as_ref())?;
+            let mut failed: Vec<String> = checks
                 .iter()
                 .filter(|c| !c.ok)
                 .map(|c| format!("{} {}: {}", c.cell, c.name, c.detail))
                 .collect();
+            for c in cells {
+                failed.extend(c.report.failed.iter().map(|f| format!("{} {f}", c.cell)));
+            }
             if !failed.is_empty() {
                 anyhow::bail!("failed: {}", failed.join("; "));
             }

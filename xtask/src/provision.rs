@@ -120,6 +120,11 @@ const TOOLS: &[Tool] = &[
         why: "the VMs' initramfs",
     },
     Tool {
+        program: "xz",
+        package: "xz-utils",
+        why: "the VMs' kernel modules (9p, to share the test binaries)",
+    },
+    Tool {
         program: "gzip",
         package: "gzip",
         why: "the VMs' initramfs",

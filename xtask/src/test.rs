@@ -31,15 +31,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             .current_dir(root)
             .args(["build", "--package", "agent"]),
     )?;
-    // What the Containerfile ships, built the same way (the deploy tests
-    // check the image's file list and the binary against it).
-    cmd::run(cmd::cargo().current_dir(root).args([
-        "build",
-        "--release",
-        "--locked",
-        "--package",
-        "agent",
-    ]))?;
+    // The deploy tests check the image's file list and the binary against it.
+    build_release_agent(root)?;
     // The same agent built without the object, to test the fallback build.
     let no_ebpf = root.join("target/no-ebpf");
     let empty = no_ebpf.join("empty-object-dir");
@@ -81,10 +74,16 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         let report = bin.run(args, &env, &logs.join(format!("{}.log", bin.name)), true)?;
         total.add(report);
     }
-    // The same release agent on other kernels and layouts.
+    // The same release agent, and the end-to-end tests that need no
+    // container runtime, on other kernels and layouts.
     println!("== vm: kernels 5.10, 6.1, 6.12 × cgroup v1, v2");
-    match crate::vm::run(root, None, None) {
-        Ok(checks) => {
+    let guest = crate::vm::GuestTests {
+        binaries: guest_binaries(&binaries),
+        args: args.to_vec(),
+        strict,
+    };
+    match crate::vm::run(root, None, None, Some(&guest)) {
+        Ok((checks, cells)) => {
             for c in checks {
                 let name = format!("vm {} {}", c.cell, c.name);
                 if c.ok {
@@ -92,6 +91,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                 } else {
                     total.failed.push(format!("{name} ({})", c.detail));
                 }
+            }
+            for mut c in cells {
+                c.report.prefix(&format!("vm {}", c.cell));
+                total.add(c.report);
             }
         }
         Err(e) if !strict => total.skipped.push(Skipped {
@@ -122,12 +125,33 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The release agent: what the Containerfile ships (built the same way)
+/// and what the VM cells boot.
+pub fn build_release_agent(root: &Path) -> Result<()> {
+    cmd::run(cmd::cargo().current_dir(root).args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "agent",
+    ]))
+}
+
+/// The end-to-end binaries the VM cells run, as the guest names them.
+pub fn guest_binaries(binaries: &[TestBinary]) -> Vec<(String, PathBuf, PathBuf)> {
+    binaries
+        .iter()
+        .filter(|b| b.package == "tests" && crate::vm::GUEST_TESTS.contains(&b.name.as_str()))
+        .map(|b| (b.name.clone(), b.exe.clone(), b.manifest_dir.clone()))
+        .collect()
+}
+
 /// Environment variables for a test binary.
 type Env = Vec<(String, OsString)>;
 
 /// One test executable cargo built.
 #[derive(Debug)]
-struct TestBinary {
+pub struct TestBinary {
     package: String,
     /// The target's name (`prometheus` for `tests/tests/prometheus.rs`).
     name: String,
@@ -137,7 +161,7 @@ struct TestBinary {
 }
 
 /// Builds every test target of the workspace and lists the executables.
-fn list_binaries(root: &Path) -> Result<Vec<TestBinary>> {
+pub fn list_binaries(root: &Path) -> Result<Vec<TestBinary>> {
     let out = cmd::output(cmd::cargo().current_dir(root).args([
         "test",
         "--workspace",
@@ -225,18 +249,18 @@ impl TestBinary {
 
 /// What test binaries reported, by test name.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Report {
-    passed: Vec<String>,
-    failed: Vec<String>,
-    ignored: usize,
+pub struct Report {
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    pub ignored: usize,
     /// Tests that said `ok` but only because they could not run.
-    skipped: Vec<Skipped>,
+    pub skipped: Vec<Skipped>,
 }
 
 impl Report {
     /// From libtest's `test NAME ... ok|FAILED|ignored` lines and the skip
     /// log of the same run.
-    fn from_output(lines: &[String], skips: &[Skipped]) -> Self {
+    pub fn from_output(lines: &[String], skips: &[Skipped]) -> Self {
         let mut r = Self::default();
         for line in lines {
             let Some((name, outcome)) = line
@@ -258,11 +282,21 @@ impl Report {
         r
     }
 
-    fn add(&mut self, other: Report) {
+    pub fn add(&mut self, other: Report) {
         self.passed.extend(other.passed);
         self.failed.extend(other.failed);
         self.ignored += other.ignored;
         self.skipped.extend(other.skipped);
+    }
+
+    /// Names every test `<prefix>::<test>`.
+    pub fn prefix(&mut self, prefix: &str) {
+        for name in self.passed.iter_mut().chain(self.failed.iter_mut()) {
+            *name = format!("{prefix}::{name}");
+        }
+        for s in &mut self.skipped {
+            s.test = format!("{prefix}::{}", s.test);
+        }
     }
 }
 

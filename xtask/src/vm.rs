@@ -3,7 +3,10 @@
 //! (once), each boots under QEMU with TCG (a KVM guest hangs on this
 //! machine) from an initramfs of busybox, the agent and `vm/init.sh`,
 //! which mounts the layout, makes a real OOM kill and prints its checks.
-//! The host validates the guest's `/metrics` with promtool.
+//! The host validates the guest's `/metrics` with promtool. Then the guest
+//! mounts this machine's root read-only over 9p, chroots into it and runs
+//! the end-to-end test binaries of `tests/` ([`GUEST_TESTS`]) against the
+//! real agent on its own kernel and layout.
 
 use std::{
     fs,
@@ -14,39 +17,33 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cmd, provision::which};
+use crate::{cmd, provision::which, test::Report};
+
+mod kernels;
+
+use kernels::{kernel_files, KERNELS};
 
 const INIT: &str = include_str!("../vm/init.sh");
 
-/// A Debian kernel: its suite and the image package's name pattern.
-struct Kernel {
-    name: &'static str,
-    suite: &'static str,
-    /// The package name is `prefix` + version digits + `suffix`.
-    prefix: &'static str,
-    suffix: &'static str,
+/// The end-to-end test binaries each cell runs inside (the others need
+/// container runtimes or a Prometheus server, and run on the host).
+pub const GUEST_TESTS: &[&str] = &["discovery", "oom", "stats", "daemonset"];
+
+/// What the guest runs of `tests/` and how.
+pub struct GuestTests {
+    /// (target name, executable, its package's folder), all on this
+    /// machine's root, which the guest sees read-only.
+    pub binaries: Vec<(String, PathBuf, PathBuf)>,
+    /// libtest's arguments (a name filter, …).
+    pub args: Vec<String>,
+    pub strict: bool,
 }
 
-const KERNELS: &[Kernel] = &[
-    Kernel {
-        name: "5.10",
-        suite: "bullseye",
-        prefix: "linux-image-5.10.0-",
-        suffix: "-amd64-unsigned",
-    },
-    Kernel {
-        name: "6.1",
-        suite: "bookworm",
-        prefix: "linux-image-6.1.0-",
-        suffix: "-amd64",
-    },
-    Kernel {
-        name: "6.12",
-        suite: "trixie",
-        prefix: "linux-image-6.12.",
-        suffix: "+deb13-amd64-unsigned",
-    },
-];
+/// A cell's test binaries' results.
+pub struct CellTests {
+    pub cell: String,
+    pub report: Report,
+}
 
 /// The matrix: kernel × layout (pure v1 where distributions still ship it).
 const CELLS: &[(&str, &str)] = &[
@@ -67,8 +64,14 @@ pub struct Check {
 }
 
 /// Runs the cells matching the filters (two at a time) and returns every
-/// check; writes `target/vm/results.md`.
-pub fn run(root: &Path, kernel: Option<&str>, layout: Option<&str>) -> Result<Vec<Check>> {
+/// check and every guest test's result; writes `target/vm/results.md`.
+/// With `tests`, each guest also runs those test binaries.
+pub fn run(
+    root: &Path,
+    kernel: Option<&str>,
+    layout: Option<&str>,
+    tests: Option<&GuestTests>,
+) -> Result<(Vec<Check>, Vec<CellTests>)> {
     for tool in [
         "qemu-system-x86_64",
         "cpio",
@@ -77,6 +80,7 @@ pub fn run(root: &Path, kernel: Option<&str>, layout: Option<&str>) -> Result<Ve
         "busybox",
         "apt-get",
         "dpkg",
+        "xz",
     ] {
         if which(tool).is_none() {
             bail!("{tool} is missing (`cargo xtask test` installs the VM tools)");
@@ -91,46 +95,81 @@ pub fn run(root: &Path, kernel: Option<&str>, layout: Option<&str>) -> Result<Ve
         bail!("no cell matches (kernels 5.10, 6.1, 6.12; layouts v1, v2)");
     }
     let dir = root.join("target/vm");
-    let initrd = initramfs(root, &dir)?;
-    let mut images = Vec::new();
+    let base = initramfs(root, &dir, tests)?;
+    // (kernel, vmlinuz, initrd: the base archive and the kernel's modules).
+    let mut images: Vec<(&str, PathBuf, PathBuf)> = Vec::new();
     for (k, _) in &cells {
-        if !images.iter().any(|(n, _)| n == k) {
+        if !images.iter().any(|(n, _, _)| n == k) {
             let spec = KERNELS
                 .iter()
                 .find(|s| s.name == *k)
                 .context("unknown kernel")?;
-            images.push((*k, kernel_image(&dir, spec)?));
+            let files = kernel_files(&dir, spec)?;
+            // The kernel unpacks concatenated archives one after another.
+            let initrd = dir.join(format!("initrd-{k}.gz"));
+            let mut bytes = fs::read(&base)?;
+            bytes.extend(fs::read(&files.modules)?);
+            fs::write(&initrd, bytes)?;
+            images.push((*k, files.vmlinuz, initrd));
         }
     }
     let logs = dir.join("logs");
     fs::create_dir_all(&logs)?;
+    let with_tests = tests.is_some_and(|t| !t.binaries.is_empty());
+    if with_tests {
+        // The guest mounts its disk here (the host's root is read-only).
+        fs::create_dir_all(root.join("target/test-io"))?;
+    }
     let mut checks = Vec::new();
-    for pair in cells.chunks(2) {
-        let runs: Vec<_> = pair
-            .iter()
-            .map(|(k, l)| {
-                let image = images.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    let mut cell_tests = Vec::new();
+    // Two guests at a time (one emulating thread each on this 2-core
+    // machine); the next cell starts as soon as one ends.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: Vec<std::sync::Mutex<Option<Result<()>>>> =
+        cells.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..cells.len().min(2) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((k, l)) = cells.get(i) else { break };
+                let (_, image, initrd) = images.iter().find(|(n, _, _)| n == k).unwrap();
+                let disk = dir.join(format!("disk-{k}-{l}.img"));
                 let log = logs.join(format!("{k}-{l}.log"));
-                let initrd = initrd.clone();
-                let layout = l.to_string();
-                std::thread::spawn(move || boot(&image, &initrd, &layout, &log).map(|()| log))
-            })
-            .collect();
-        for ((k, l), run) in pair.iter().zip(runs) {
-            let cell = format!("{k} {l}");
-            let log = run.join().expect("the VM thread panicked")?;
-            checks.extend(checks_of(&cell, &fs::read_to_string(&log)?));
+                let r = boot(image, initrd, l, with_tests, &disk, &log);
+                *done[i].lock().unwrap() = Some(r);
+            });
+        }
+    });
+    for ((k, l), result) in cells.iter().zip(done) {
+        let cell = format!("{k} {l}");
+        result
+            .into_inner()
+            .unwrap()
+            .context("the VM thread ended early")??;
+        let log = logs.join(format!("{k}-{l}.log"));
+        let text = fs::read_to_string(&log)?.replace('\r', "");
+        checks.extend(checks_of(&cell, &text));
+        if let Some(t) = tests.filter(|_| with_tests) {
+            let report = guest_report(&text, t);
+            for failed in &report.failed {
+                println!("vm {cell}: FAILED {failed} (its output: {})", log.display());
+            }
+            cell_tests.push(CellTests { cell, report });
         }
     }
-    let table = results_table(&checks);
+    let mut table = results_table(&checks);
+    if !cell_tests.is_empty() {
+        table.push('\n');
+        table.push_str(&tests_table(&cell_tests));
+    }
     fs::write(dir.join("results.md"), &table)?;
     println!("{table}");
-    Ok(checks)
+    Ok((checks, cell_tests))
 }
 
-/// busybox, the stripped release agent with the libraries it links, and
-/// the init script, as a gzipped cpio archive.
-fn initramfs(root: &Path, dir: &Path) -> Result<PathBuf> {
+/// busybox, the stripped release agent with the libraries it links, the
+/// init script and the guest's test script, as a gzipped cpio archive.
+fn initramfs(root: &Path, dir: &Path, tests: Option<&GuestTests>) -> Result<PathBuf> {
     let agent = root.join("target/release/cgscope");
     if !agent.is_file() {
         bail!(
@@ -161,6 +200,10 @@ fn initramfs(root: &Path, dir: &Path) -> Result<PathBuf> {
     let init = tree.join("init");
     fs::write(&init, INIT)?;
     fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    if let Some(t) = tests {
+        fs::write(tree.join("run-tests.sh"), guest_script(root, t))?;
+        fs::write(tree.join("workspace"), root.to_string_lossy().as_bytes())?;
+    }
     let out = dir.join("initrd.gz");
     cmd::run(Command::new("sh").current_dir(&tree).arg("-c").arg(format!(
         "find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
@@ -185,102 +228,19 @@ fn linked_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// The kernel's `vmlinuz`, fetched from its Debian suite with a private
-/// apt state under `target/vm/apt` (the host's apt is not touched).
-fn kernel_image(dir: &Path, k: &Kernel) -> Result<PathBuf> {
-    let image = dir.join("kernels").join(k.name).join("vmlinuz");
-    if image.is_file() {
-        return Ok(image);
-    }
-    let apt = dir.join("apt").join(k.suite);
-    let (sources, lists, cache) = (apt.join("sources"), apt.join("lists"), apt.join("cache"));
-    for d in [
-        &sources,
-        &lists.join("partial"),
-        &cache.join("archives/partial"),
-    ] {
-        fs::create_dir_all(d)?;
-    }
-    fs::write(
-        sources.join(format!("{}.sources", k.suite)),
-        format!(
-            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {}\nComponents: main\n\
-             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
-            k.suite
-        ),
-    )?;
-    let opts = [
-        "-o".to_owned(),
-        "Dir::Etc::sourcelist=/dev/null".to_owned(),
-        "-o".to_owned(),
-        format!("Dir::Etc::sourceparts={}", sources.display()),
-        "-o".to_owned(),
-        format!("Dir::State::Lists={}", lists.display()),
-        "-o".to_owned(),
-        format!("Dir::Cache={}", cache.display()),
-        // Downloads into target/, which apt's own user cannot write.
-        "-o".to_owned(),
-        "APT::Sandbox::User=root".to_owned(),
-    ];
-    eprintln!(
-        "xtask: fetching Debian's {} kernel ({}), once",
-        k.name, k.suite
-    );
-    cmd::run(Command::new("apt-get").args(&opts).args(["update", "-qq"]))?;
-    let found = cmd::output(Command::new("apt-cache").args(&opts).args([
-        "search",
-        "--names-only",
-        &format!("^{}", k.prefix.replace('.', "\\.")),
-    ]))?;
-    let package =
-        newest(&found, k).with_context(|| format!("no {}* package in {}", k.prefix, k.suite))?;
-    let work = apt.join("download");
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work)?;
-    cmd::run(
-        Command::new("apt-get")
-            .args(&opts)
-            .current_dir(&work)
-            .args(["download", "-qq", &package]),
-    )?;
-    let deb = fs::read_dir(&work)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download left no .deb")?;
-    let x = work.join("x");
-    cmd::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&x))?;
-    let vmlinuz = fs::read_dir(x.join("boot"))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .context("the package has no boot/vmlinuz-*")?;
-    fs::create_dir_all(image.parent().unwrap())?;
-    fs::copy(vmlinuz, &image)?;
-    let _ = fs::remove_dir_all(&work);
-    Ok(image)
-}
-
-/// The newest image package in an `apt-cache search` listing.
-fn newest(listing: &str, k: &Kernel) -> Option<String> {
-    listing
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter_map(|name| {
-            let version = name.strip_prefix(k.prefix)?.strip_suffix(k.suffix)?;
-            let parts: Option<Vec<u64>> = version.split('.').map(|p| p.parse().ok()).collect();
-            Some((parts?, name.to_owned()))
-        })
-        .max()
-        .map(|(_, name)| name)
-}
-
 /// Boots one cell, its serial console into `log`; the guest powers off
-/// when done, a guest that hangs is stopped after four minutes.
-fn boot(image: &Path, initrd: &Path, layout: &str, log: &Path) -> Result<()> {
+/// when done, a guest that hangs is stopped after four minutes (twenty
+/// with the test binaries).
+fn boot(
+    image: &Path,
+    initrd: &Path,
+    layout: &str,
+    tests: bool,
+    disk: &Path,
+    log: &Path,
+) -> Result<()> {
+    // A blank disk for the I/O tests (sparse; the guest formats it).
+    fs::File::create(disk)?.set_len(512 << 20)?;
     // Single-threaded TCG: with thread=multi a 6.12 guest sometimes dies
     // at boot in an int3 oops (the kernel patching its own text while
     // another vCPU runs it), before the agent starts.
@@ -291,17 +251,31 @@ fn boot(image: &Path, initrd: &Path, layout: &str, log: &Path) -> Result<()> {
             "-cpu",
             "max",
             "-m",
-            "1024",
+            "2048",
             "-smp",
             "2",
         ])
+        // This machine's root, read-only: the guest runs the test binaries
+        // (and the tools they call) from it.
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ])
+        // A NIC with no way out (restrict=on): the node's own interface.
+        .args(["-nic", "user,model=virtio-net-pci,restrict=on"])
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=virtio,format=raw,cache=unsafe",
+            disk.display()
+        ))
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(image)
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 quiet panic=-1 cgscope.layout={layout}"
+            "console=ttyS0 quiet panic=-1 cgscope.layout={layout} cgscope.tests={}",
+            u8::from(tests)
         ))
         .stdin(Stdio::null())
         .stdout(fs::File::create(log)?)
@@ -310,13 +284,14 @@ fn boot(image: &Path, initrd: &Path, layout: &str, log: &Path) -> Result<()> {
         .context("starting qemu-system-x86_64")?;
     let start = Instant::now();
     while child.try_wait()?.is_none() {
-        if start.elapsed() > Duration::from_secs(240) {
+        if start.elapsed() > Duration::from_secs(if tests { 1200 } else { 240 }) {
             let _ = child.kill();
             let _ = child.wait();
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let _ = fs::remove_file(disk);
     Ok(())
 }
 
@@ -363,6 +338,98 @@ fn checks_of(cell: &str, log: &str) -> Vec<Check> {
         },
     });
     out
+}
+
+/// A word for `sh`, quoted.
+fn sh_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// The guest's test script: run chrooted into this machine's root, each
+/// binary between markers, its skip log after it.
+fn guest_script(root: &Path, t: &GuestTests) -> String {
+    let agent = root.join("target/release/cgscope");
+    let mut s = String::from(
+        "#!/bin/sh\n# Written by `cargo xtask vm`; runs in the guest, chrooted into the host's root.\n\
+         export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp TMPDIR=/tmp\n",
+    );
+    s += &format!(
+        "export CGSCOPE_BIN={} CGSCOPE_EXPECT_EBPF=1 CGSCOPE_TEST_BURST=1000 {}={}\n",
+        sh_quote(&agent.to_string_lossy()),
+        testkit::STRICT,
+        u8::from(t.strict)
+    );
+    // The I/O tests write under target/test-io: there, the guest's disk.
+    let io = sh_quote(&root.join("target/test-io").to_string_lossy());
+    s += &format!("mkfs.ext4 -q /dev/vda && mount /dev/vda {io} || dmesg | tail -5\n");
+    let args: Vec<String> = t.args.iter().map(|a| sh_quote(a)).collect();
+    for (name, exe, dir) in &t.binaries {
+        let dir = sh_quote(&dir.to_string_lossy());
+        s += &format!(
+            "echo '== test {name} begin'\n\
+             cd {dir} && CARGO_MANIFEST_DIR={dir} CARGO_PKG_NAME=tests {}=/tmp/skips-{name} \\\n\
+             \ttimeout 900 {} --color never {} 2>&1\n\
+             echo \"== test {name} end $?\"\n\
+             [ -f /tmp/skips-{name} ] && sed 's/^/SKIP\t/' /tmp/skips-{name}\n",
+            testkit::SKIP_LOG,
+            sh_quote(&exe.to_string_lossy()),
+            args.join(" ")
+        );
+    }
+    s
+}
+
+/// Every guest test's outcome, from the serial log (`<binary>::<test>`);
+/// a binary that did not finish, or failed without a failing test, fails
+/// as a whole.
+fn guest_report(log: &str, t: &GuestTests) -> Report {
+    let mut total = Report::default();
+    for (name, _, _) in &t.binaries {
+        let begin = format!("== test {name} begin\n");
+        let Some((_, rest)) = log.split_once(&begin) else {
+            total.failed.push(format!("{name} (did not start)"));
+            continue;
+        };
+        let end = format!("== test {name} end ");
+        let (block, after) = rest.split_once(&end).unwrap_or((rest, ""));
+        let lines: Vec<String> = block.lines().map(str::to_owned).collect();
+        let skip_text: String = after
+            .lines()
+            .skip(1)
+            .map_while(|l| l.strip_prefix("SKIP\t"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut report = Report::from_output(&lines, &testkit::read_log(&skip_text));
+        report.prefix(name);
+        match after.lines().next().map(str::trim) {
+            None => report.failed.push(format!("{name} (did not finish)")),
+            Some("0") => {}
+            Some(rc) if report.failed.is_empty() => {
+                report.failed.push(format!("{name} (exit {rc})"));
+            }
+            Some(_) => {}
+        }
+        total.add(report);
+    }
+    total
+}
+
+/// kernel × layout → guest tests passed, failed and skipped, as Markdown.
+fn tests_table(cells: &[CellTests]) -> String {
+    let mut t = String::from(
+        "| end-to-end tests in the guest | passed | failed | skipped |\n|---|---|---|---|\n",
+    );
+    for c in cells {
+        let r = &c.report;
+        t.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            c.cell,
+            r.passed.len(),
+            r.failed.len(),
+            r.skipped.len() + r.ignored
+        ));
+    }
+    t
 }
 
 fn promtool(metrics: &str) -> Result<(), String> {
@@ -427,20 +494,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn newest_kernel_package() {
-        let listing = "linux-image-5.10.0-9-amd64-unsigned - Linux 5.10\n\
-                       linux-image-5.10.0-32-amd64-unsigned - Linux 5.10\n\
-                       linux-image-5.10.0-32-cloud-amd64-unsigned - cloud\n\
-                       linux-image-5.10.0-32-amd64-unsigned-dbg - symbols\n";
+    fn guest_tests_from_a_serial_log() {
+        let t = GuestTests {
+            binaries: ["oom", "discovery", "never"]
+                .iter()
+                .map(|n| (n.to_string(), PathBuf::new(), PathBuf::new()))
+                .collect(),
+            args: vec![],
+            strict: true,
+        };
+        let log = "== test oom begin\nrunning 3 tests\ntest a ... ok\ntest b ... FAILED\n\
+                   test c ... ok\n== test oom end 101\nSKIP\toom-1\tc\tno promtool\n\
+                   == test discovery begin\nrunning 1 test\n[ 9.1] oops\n";
+        let r = guest_report(log, &t);
+        assert_eq!(r.passed, ["oom::a"]);
         assert_eq!(
-            newest(listing, &KERNELS[0]).as_deref(),
-            Some("linux-image-5.10.0-32-amd64-unsigned")
+            r.failed,
+            [
+                "oom::b",
+                "discovery (did not finish)",
+                "never (did not start)"
+            ]
         );
-        let trixie = "linux-image-6.12.107+deb13-amd64-unsigned - x\nlinux-image-6.12.117+deb13-amd64-unsigned - y\n";
-        assert_eq!(
-            newest(trixie, &KERNELS[2]).as_deref(),
-            Some("linux-image-6.12.117+deb13-amd64-unsigned")
-        );
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.skipped[0].test, "oom::c");
+        assert!(guest_script(Path::new("/w"), &t).contains("'/w/target/release/cgscope'"));
+        assert_eq!(sh_quote("it's"), "'it'\\''s'");
     }
 
     #[test]

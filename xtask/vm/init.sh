@@ -3,7 +3,9 @@
 # command line (cgscope.layout=v1|v2), starts the release agent, makes a
 # real OOM kill in a 32 MiB cgroup and prints one `CHECK <name> ok|FAIL
 # <detail>` line per check, then the agent's /metrics between markers for
-# the host to validate. Everything here runs in the guest only.
+# the host to validate. With cgscope.tests=1 it then mounts the host's
+# root (read-only, 9p) and runs the host's test script chrooted into it.
+# Everything here runs in the guest only.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -56,6 +58,9 @@ else
         mkdir -p $CG/$c
         mount -t cgroup -o $c cgroup $CG/$c
     done
+    # systemd makes v1 memory limits hierarchical (before 5.16 they are not
+    # by default: a parent's limit would not hold its children).
+    echo 1 > $CG/memory/memory.use_hierarchy
     ln -s cpu,cpuacct $CG/cpu
     ln -s cpu,cpuacct $CG/cpuacct
     pod=kubepods/burstable/pod0a1b2c3d-4e5f-6789-abcd-ef0123456789
@@ -66,6 +71,7 @@ echo "kernel $(uname -r) layout $layout"
 
 /cgscope --listen 127.0.0.1:8080 --housekeeping-interval 1s --max-housekeeping-interval 1s \
     > /tmp/agent.log 2>&1 &
+agent=$!
 up=1
 for i in $(seq 90); do
     wget -qO- 127.0.0.1:8080/healthz > /dev/null 2>&1 && { up=0; break; }
@@ -123,4 +129,32 @@ grep -E ' (WARN|ERROR) ' /tmp/agent.log | cut -c1-400
 echo "== metrics begin"
 wget -qO- 127.0.0.1:8080/metrics
 echo "== metrics end"
+kill $agent
+
+if grep -q 'cgscope.tests=1' /proc/cmdline; then
+    # Kernel lines (OOM reports) on the console would break the tests' lines.
+    echo 1 > /proc/sys/kernel/printk
+    for m in /modules/*.ko; do
+        [ -e "$m" ] && { insmod "$m" || echo "== insmod $m failed"; }
+    done
+    for i in /sys/class/net/*; do ip link set "${i##*/}" up; done
+    mkdir -p /host
+    if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /host; then
+        mount --rbind /proc /host/proc
+        mount --rbind /sys /host/sys
+        mount --rbind /dev /host/dev
+        # Writable /tmp and /run, with the workspace kept visible when it
+        # lies under one of them (a CI checkout in /tmp).
+        ws=$(cat /workspace)
+        mkdir -p /ws && mount --bind "/host$ws" /ws
+        mount -t tmpfs tmp /host/tmp
+        mount -t tmpfs run /host/run
+        mkdir -p "/host$ws" 2> /dev/null
+        mount --bind /ws "/host$ws"
+        cp /run-tests.sh /host/tmp/run-tests.sh
+        chroot /host /bin/sh /tmp/run-tests.sh
+    else
+        echo "== the host's root could not be mounted over 9p"
+    fi
+fi
 poweroff -f
