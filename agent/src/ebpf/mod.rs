@@ -86,7 +86,8 @@ pub enum EbpfError {
 pub struct Kernel {
     ebpf: Ebpf,
     attached: Vec<&'static str>,
-    pub tracefs: PathBuf,
+    /// `None` when tracefs could not be found or mounted.
+    pub tracefs: Option<PathBuf>,
     /// Why a subsystem's programs cannot be used on this kernel, if so.
     cgroup_unusable: Option<String>,
     /// Why the `tp_btf` cgroup programs cannot be used, if so.
@@ -142,18 +143,30 @@ impl Kernel {
     /// parse) does not take the others down.
     pub fn load_with(iter_capacity: u32) -> Result<Self, EbpfError> {
         let object = embedded_object().ok_or(EbpfError::NoObject)?;
-        let (tracefs, mounted) = tracefs::find_or_mount().map_err(EbpfError::Tracefs)?;
-        if mounted {
-            tracing::info!(path = %tracefs.display(), "mounted tracefs");
-        }
-        let cgroup = CgroupLayout::read(&tracefs);
+        // Only the classic tracepoints need tracefs (their formats and
+        // ids): without it (a container whose host never mounted it) the
+        // tp_btf programs and the iterator still work.
+        let tracefs = match tracefs::find_or_mount() {
+            Ok((path, mounted)) => {
+                if mounted {
+                    tracing::info!(path = %path.display(), "mounted tracefs");
+                }
+                Ok(path)
+            }
+            Err(e) => Err(EbpfError::Tracefs(e).to_string()),
+        };
+        let cgroup = tracefs
+            .clone()
+            .and_then(|t| CgroupLayout::read(&t).map_err(|e| e.to_string()));
         // Parsed once for every layout that needs it, then dropped.
         let kernel_btf = btf::Btf::from_sys();
         let with_btf = || kernel_btf.as_ref().map_err(Clone::clone);
         let cgroup_btf = with_btf().and_then(CgroupBtfLayout::from_btf);
         let oom_btf = with_btf().and_then(OomBtfLayout::from_btf);
         let oom_btf_task = with_btf().and_then(oom_layout::mark_victim_passes_task);
-        let oom_tp = MarkVictimLayout::read(&tracefs);
+        let oom_tp = tracefs.clone().and_then(|t| {
+            MarkVictimLayout::read(&t).map_err(|e| format!("tracepoint oom:mark_victim: {e}"))
+        });
         let mut globals: Vec<(&'static str, u32)> = Vec::new();
         if let Ok(l) = &cgroup {
             globals.extend(l.globals());
@@ -189,17 +202,15 @@ impl Kernel {
         Ok(Self {
             ebpf,
             attached: Vec::new(),
-            tracefs,
+            tracefs: tracefs.ok(),
             aya_btf: None,
-            cgroup_unusable: cgroup.err().map(|e| e.to_string()),
+            cgroup_unusable: cgroup.err(),
             cgroup_btf_unusable: cgroup_btf.err().map(|e| format!("kernel BTF: {e}")),
             oom_btf_unusable: oom_btf
                 .err()
                 .or(oom_btf_task.err())
                 .map(|e| format!("kernel BTF: {e}")),
-            oom_tp_unusable: oom_tp
-                .err()
-                .map(|e| format!("tracepoint oom:mark_victim: {e}")),
+            oom_tp_unusable: oom_tp.err(),
         })
     }
 
