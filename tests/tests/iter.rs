@@ -4,14 +4,18 @@
 //! an agent collecting with it must serve what one reading files serves.
 
 use std::{
-    collections::HashMap, fs, os::unix::fs::MetadataExt as _, path::Path, process::Command,
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
 use tests::{
     agent_bin,
-    cgroups::{wait_for, CgroupTree},
+    cgroups::{wait_for, CgroupTree, Layout},
     expect_ebpf, require_root,
 };
 
@@ -48,6 +52,13 @@ fn read_u64(path: &Path) -> u64 {
         .unwrap()
 }
 
+/// Cgroup iterators (`iter/cgroup`) came with 6.1.
+fn kernel_has_cgroup_iterator() -> bool {
+    tests::kernel_at_least(6, 1)
+}
+
+/// Whether the iterator's tests run here. On a kernel without cgroup
+/// iterators they assert the fallback instead: the dump fails and says why.
 fn gate(test: &str) -> bool {
     if !require_root(test) {
         return false;
@@ -58,7 +69,25 @@ fn gate(test: &str) -> bool {
         ));
         return false;
     }
+    if !kernel_has_cgroup_iterator() {
+        let out = Command::new(agent_bin())
+            .arg("--dump-cgroup-stats")
+            .arg(tests::cgroups::ROOT)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a dump without cgroup iterators");
+        assert!(
+            stderr.contains("loading the cgroup iterator"),
+            "the reason: {stderr}"
+        );
+        return false;
+    }
     true
+}
+
+fn is_v2() -> bool {
+    Layout::get() == Layout::V2
 }
 
 #[test]
@@ -66,6 +95,9 @@ fn iterator_values_equal_the_cgroup_files() {
     let test = "iterator_values_equal_the_cgroup_files";
     if !gate(test) {
         return;
+    }
+    if is_v2() {
+        return v2_iterator_values_equal_the_cgroup_files();
     }
     let hs = ["memory", "cpuacct"];
     let tree = CgroupTree::new("iter", &hs);
@@ -177,6 +209,122 @@ fn iterator_values_equal_the_cgroup_files() {
     }
 }
 
+/// cgroup2's values from the same kernel structures: memory usage, peak
+/// and limit from the memcg's page counter, cpu.max and cpu.weight from the
+/// task group, pids from the pids controller. CPU usage is an rstat sum the
+/// iterator does not give there.
+fn v2_iterator_values_equal_the_cgroup_files() {
+    let tree = CgroupTree::new("iter", &["memory", "cpu", "pids"]);
+    let n = 300;
+    let mut children = Vec::new();
+    for i in 0..n {
+        let rel = format!("c{i}");
+        tree.mkdir(&rel).unwrap();
+        let dir = tree.dir("memory", &rel);
+        if i % 3 == 0 {
+            fs::write(dir.join("memory.max"), format!("{}", (64 + i) << 20)).unwrap();
+            fs::write(dir.join("cpu.max"), format!("{} 100000", 10_000 + i)).unwrap();
+            fs::write(dir.join("cpu.weight"), format!("{}", 1 + i * 7)).unwrap();
+            fs::write(dir.join("pids.max"), format!("{}", 50 + i)).unwrap();
+        }
+        if i % 10 == 1 {
+            children.push(tree.spawn_in(
+                &["memory"],
+                &rel,
+                &format!(
+                    "exec python3 -c 'import time; b = bytearray({} << 20); time.sleep(120)'",
+                    4 + i % 7
+                ),
+            ));
+        }
+    }
+    let rels: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let file = |rel: &str, f: &str| -> String {
+        fs::read_to_string(tree.dir("memory", rel).join(f))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let num = |rel: &str, f: &str| file(rel, f).parse::<u64>().unwrap();
+    let usages = || -> Vec<u64> { rels.iter().map(|r| num(r, "memory.current")).collect() };
+    let mut last = usages();
+    wait_for("memory usage to settle", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = usages();
+        let settled = now == last;
+        last = now;
+        settled
+    });
+    let files = || -> Vec<(u64, u64)> {
+        rels.iter()
+            .map(|r| (num(r, "memory.current"), num(r, "memory.peak")))
+            .collect()
+    };
+    let before = files();
+    let (records, summary) = dump(&tree.dir("memory", ""));
+    let after = files();
+    assert_eq!(summary["cgroups"], n + 1, "{summary}");
+    assert_eq!(summary["overflow"], false, "{summary}");
+    let ino = |rel: &str| fs::metadata(tree.dir("memory", rel)).unwrap().ino();
+    let root_ino = ino("");
+    for (i, rel) in rels.iter().enumerate() {
+        let r = &records[&ino(rel)];
+        assert_eq!(r["parent_id"], root_ino, "{rel}: {r}");
+        assert_eq!(r["level"], 2, "{rel}: {r}");
+        let within = |what: &str, key: &str, lo: u64, hi: u64| {
+            let v = r[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{rel}: no {key}: {r}"));
+            assert!(lo <= v && v <= hi, "{rel}: {what} {v} outside [{lo}, {hi}]");
+        };
+        let (b, a) = (before[i], after[i]);
+        within(
+            "memory.current",
+            "memory_usage_bytes",
+            b.0.min(a.0),
+            b.0.max(a.0),
+        );
+        within("memory.peak", "memory_max_usage_bytes", b.1, a.1);
+        // The page counter's max is "max" at PAGE_COUNTER_MAX.
+        let max = file(rel, "memory.max");
+        let limit = r["memory_limit_bytes"].as_u64().unwrap();
+        match max.parse::<u64>() {
+            Ok(bytes) => assert_eq!(limit, bytes, "{rel}: memory.max"),
+            Err(_) => assert!(max == "max" && limit > 1 << 60, "{rel}: {max} vs {limit}"),
+        }
+        // cpu.max is in µs, the task group's bandwidth in ns; RUNTIME_INF
+        // is "max".
+        let cpu_max = file(rel, "cpu.max");
+        let (quota, period) = cpu_max.split_once(' ').unwrap();
+        assert_eq!(
+            r["cpu_period_ns"],
+            period.parse::<u64>().unwrap() * 1000,
+            "{rel}"
+        );
+        match quota.parse::<u64>() {
+            Ok(us) => assert_eq!(r["cpu_quota_ns"], us * 1000, "{rel}: cpu.max {cpu_max}"),
+            Err(_) => assert_eq!(r["cpu_quota_ns"], u64::MAX, "{rel}: cpu.max {cpu_max}"),
+        }
+        // cpu.weight is the kernel's rounding of the scaled-down shares.
+        let shares = r["cpu_shares"].as_u64().unwrap() >> 10;
+        let weight = ((shares * 100 + 512) / 1024).clamp(1, 10_000);
+        assert_eq!(weight, num(rel, "cpu.weight"), "{rel}: cpu.weight");
+        let pids_max = file(rel, "pids.max");
+        let pids_limit = r["pids_limit"].as_u64().unwrap();
+        match pids_max.parse::<u64>() {
+            Ok(v) => assert_eq!(pids_limit, v, "{rel}: pids.max"),
+            Err(_) => assert!(pids_limit > 1 << 22, "{rel}: pids.max max vs {pids_limit}"),
+        }
+        assert_eq!(r["pids_current"], num(rel, "pids.current"), "{rel}");
+    }
+    // The test did what it says: memory was held.
+    assert!(rels.iter().any(|r| num(r, "memory.current") > 4 << 20));
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 #[test]
 fn a_hierarchy_larger_than_a_seq_page_is_read_completely() {
     let test = "a_hierarchy_larger_than_a_seq_page_is_read_completely";
@@ -222,32 +370,44 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
     }
     let hs = tests::cgroups::HIERARCHIES;
     let tree = CgroupTree::new("collectors", hs);
+    let v2 = is_v2();
     let mut children = Vec::new();
     for i in 0..40 {
         let rel = format!("c{i}");
         tree.mkdir(&rel).unwrap();
         let memory = tree.dir("memory", &rel);
-        if i % 4 == 0 {
-            fs::write(
+        let cpu = tree.dir("cpu", &rel);
+        let pids_max = tree.dir("pids", &rel).join("pids.max");
+        let write = |path: PathBuf, v: String| {
+            fs::write(&path, v).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        if i % 4 == 0 && v2 {
+            write(memory.join("memory.max"), format!("{}", (64 + i) << 20));
+            let swap = memory.join("memory.swap.max");
+            if swap.exists() {
+                write(swap, format!("{}", (16 + i) << 20));
+            }
+            write(pids_max, format!("{}", 50 + i));
+        } else if i % 4 == 0 {
+            write(
                 memory.join("memory.limit_in_bytes"),
                 format!("{}", (64 + i) << 20),
-            )
-            .unwrap();
-            fs::write(
+            );
+            write(
                 memory.join("memory.memsw.limit_in_bytes"),
                 format!("{}", (128 + i) << 20),
-            )
-            .unwrap();
+            );
             let soft = memory.join("memory.soft_limit_in_bytes");
-            fs::write(soft, format!("{}", (32 + i) << 20)).unwrap();
-            let pids_max = tree.dir("pids", &rel).join("pids.max");
-            fs::write(pids_max, format!("{}", 50 + i)).unwrap();
+            write(soft, format!("{}", (32 + i) << 20));
+            write(pids_max, format!("{}", 50 + i));
         }
         // Some burn CPU against a quota: throttling counters move.
-        if i % 8 == 1 {
-            let cpu = tree.dir("cpu", &rel);
-            fs::write(cpu.join("cpu.cfs_quota_us"), "20000").unwrap();
-            fs::write(cpu.join("cpu.shares"), format!("{}", 256 + i)).unwrap();
+        if i % 8 == 1 && v2 {
+            write(cpu.join("cpu.max"), "20000 100000".to_owned());
+            write(cpu.join("cpu.weight"), format!("{}", 25 + i));
+        } else if i % 8 == 1 {
+            write(cpu.join("cpu.cfs_quota_us"), "20000".to_owned());
+            write(cpu.join("cpu.shares"), format!("{}", 256 + i));
         }
         // Every cgroup ends up still, so both agents can be compared
         // exactly: some first burn CPU for a while, some hold memory.
@@ -291,27 +451,62 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
         .lines()
         .find(|l| l.contains("agrees with the cgroup files"))
         .unwrap_or_else(|| panic!("the self-check did not pass:\n{log}"));
-    for value in [
-        "cpu_usage",
-        "memory_usage",
-        "memory_max_usage",
-        "memory_limit",
-        "memory_swap_limit",
-        "memory_failcnt",
-        "memory_kernel",
-        "memory_reservation",
-        "pids_current",
-        "pids_max",
-        "cpu_periods",
-        "cpu_throttled_periods",
-        "cpu_throttled_time",
-        "cpu_bursts",
-        "cpu_burst_time",
-        "cpu_quota",
-        "cpu_period",
-        "cpu_shares",
-    ] {
-        assert!(checked.contains(value), "{value} not checked: {checked}");
+    // cgroup2 has no failcnt, kernel usage or soft limit files, and its
+    // cpu.stat is read for the usage anyway (throttling comes with it).
+    let swap_accounting = tree.dir("memory", "c0").join("memory.swap.max").exists();
+    let values: &[&str] = if v2 && !swap_accounting {
+        &[
+            "memory_usage",
+            "memory_max_usage",
+            "memory_limit",
+            "pids_current",
+            "pids_max",
+            "cpu_quota",
+            "cpu_period",
+            "cpu_shares",
+        ]
+    } else if v2 {
+        &[
+            "memory_usage",
+            "memory_max_usage",
+            "memory_limit",
+            "memory_swap_limit",
+            "swap_usage",
+            "pids_current",
+            "pids_max",
+            "cpu_quota",
+            "cpu_period",
+            "cpu_shares",
+        ]
+    } else {
+        &[
+            "cpu_usage",
+            "memory_usage",
+            "memory_max_usage",
+            "memory_limit",
+            "memory_swap_limit",
+            "memory_failcnt",
+            "memory_kernel",
+            "memory_reservation",
+            "pids_current",
+            "pids_max",
+            "cpu_periods",
+            "cpu_throttled_periods",
+            "cpu_throttled_time",
+            "cpu_bursts",
+            "cpu_burst_time",
+            "cpu_quota",
+            "cpu_period",
+            "cpu_shares",
+        ]
+    };
+    let line: Value = serde_json::from_str(checked).unwrap();
+    let values_logged = line["values"].as_str().unwrap_or_default();
+    for value in values {
+        assert!(
+            values_logged.split(',').any(|v| v == *value),
+            "{value} not checked: {checked}"
+        );
     }
 
     // Each series must, at some point, show the files agent's value twice
@@ -356,8 +551,10 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
         counter(a, "cgscope_collection_files_read_total") / counter(a, "cgscope_collections_total")
     };
     let (pf, pi) = (per(&files), per(&iter));
+    // Per container: v1 skips 14 files, cgroup2 9 (its cpu.stat stays).
+    let saved = if v2 { 6.0 } else { 10.0 };
     assert!(
-        pi < pf - 10.0,
+        pi < pf - saved,
         "files per collection: files {pf:.1}, iter {pi:.1}"
     );
     assert!(counter(&iter, "cgscope_collector_iter_cgroups_total") > 40.0);
@@ -365,4 +562,51 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+/// `--collector auto` takes the iterator where the kernel has cgroup
+/// iterators, and says why not and reads files where it has none; asked
+/// for by name there, the agent refuses to start and says why.
+#[test]
+fn the_collector_takes_the_iterator_only_where_the_kernel_has_one() {
+    let test = "the_collector_takes_the_iterator_only_where_the_kernel_has_one";
+    if !require_root(test) {
+        return;
+    }
+    if !expect_ebpf() {
+        tests::skip(&format!(
+            "{test}: CGSCOPE_EXPECT_EBPF is not set (run `cargo xtask test`)"
+        ));
+        return;
+    }
+    let tree = CgroupTree::new("iter-mode", &["memory", "pids"]);
+    for i in 0..4 {
+        tree.mkdir(&format!("c{i}")).unwrap();
+    }
+    let prefix = tree.path("");
+    let agent = tests::Agent::start(&["--raw-cgroup-prefix-whitelist", &prefix]);
+    let mode = |m: &str| {
+        let labels = [("subsystem", "collector"), ("mode", m)];
+        agent.scrape_agent().value("cgscope_mode", &labels)
+    };
+    if kernel_has_cgroup_iterator() {
+        assert_eq!(mode("iter"), Some(1.0), "{}", agent.log());
+        return;
+    }
+    assert_eq!(mode("files"), Some(1.0), "{}", agent.log());
+    let log = agent.log();
+    assert!(
+        log.contains("eBPF cgroup iterator not used"),
+        "the fallback is logged:\n{log}"
+    );
+    let out = Command::new(agent_bin())
+        .args(["--collector", "iter", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--collector iter started: {stderr}");
+    assert!(
+        stderr.contains("--collector iter: the eBPF cgroup iterator cannot be used"),
+        "{stderr}"
+    );
 }

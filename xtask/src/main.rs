@@ -57,9 +57,21 @@ enum Command {
         /// Only the guest's checks, not the end-to-end tests.
         #[arg(long)]
         no_tests: bool,
+        /// Run this benchmark in each guest instead of the tests
+        /// (`collect`: the files and iterator collectors on that layout).
+        #[arg(long)]
+        bench: Option<String>,
         /// Arguments for the guest's test binaries (a name filter, …).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// A benchmark inside a `cargo xtask vm` guest, against an agent built
+    /// on the host.
+    #[command(hide = true)]
+    BenchInGuest {
+        what: String,
+        #[arg(long)]
+        bin: PathBuf,
     },
     /// Install what the tests use, build everything and run every test:
     /// unit, eBPF and end-to-end; a test that could not run counts as skipped.
@@ -81,18 +93,27 @@ fn main() -> Result<()> {
             kernel,
             layout,
             no_tests,
+            bench,
             args,
         } => {
             // The guest runs what the tree builds now, not a stale binary.
             build_ebpf::run(&root)?;
             test::build_release_agent(&root)?;
-            let guest = if no_tests {
+            let guest = if bench.is_some() {
+                Some(vm::GuestTests {
+                    binaries: Vec::new(),
+                    args,
+                    strict: true,
+                    bench,
+                })
+            } else if no_tests {
                 None
             } else {
                 Some(vm::GuestTests {
                     binaries: test::guest_binaries(&test::list_binaries(&root)?),
                     args,
                     strict: true,
+                    bench: None,
                 })
             };
             let (checks, cells) =
@@ -112,6 +133,9 @@ fn main() -> Result<()> {
         }
         Command::Fuzz { seconds } => fuzz::run(&root, seconds),
         Command::Bench { what } => bench::run(&root, &what),
+        Command::BenchInGuest { what, bin } => {
+            bench::run_with(&bin, &what, vm::GUEST_COLLECT_SIZES)
+        }
     }
 }
 

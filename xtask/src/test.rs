@@ -81,6 +81,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         binaries: guest_binaries(&binaries),
         args: args.to_vec(),
         strict,
+        bench: None,
     };
     match crate::vm::run(root, None, None, Some(&guest)) {
         Ok((checks, cells)) => {

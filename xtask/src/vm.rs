@@ -27,7 +27,7 @@ const INIT: &str = include_str!("../vm/init.sh");
 
 /// The end-to-end test binaries each cell runs inside (the others need
 /// container runtimes or a Prometheus server, and run on the host).
-pub const GUEST_TESTS: &[&str] = &["discovery", "oom", "stats", "daemonset"];
+pub const GUEST_TESTS: &[&str] = &["discovery", "oom", "stats", "daemonset", "iter"];
 
 /// What the guest runs of `tests/` and how.
 pub struct GuestTests {
@@ -37,7 +37,20 @@ pub struct GuestTests {
     /// libtest's arguments (a name filter, …).
     pub args: Vec<String>,
     pub strict: bool,
+    /// A benchmark the guest runs (`cargo xtask bench <what>`'s names)
+    /// against the same release agent, after the test binaries.
+    pub bench: Option<String>,
 }
+
+impl GuestTests {
+    fn any(&self) -> bool {
+        !self.binaries.is_empty() || self.bench.is_some()
+    }
+}
+
+/// The fleets a guest benchmarks: TCG is slow, and its ratios are what
+/// counts, not absolute times.
+pub const GUEST_COLLECT_SIZES: &[(usize, usize)] = &[(100, 1), (1000, 1)];
 
 /// A cell's test binaries' results.
 pub struct CellTests {
@@ -115,7 +128,7 @@ pub fn run(
     }
     let logs = dir.join("logs");
     fs::create_dir_all(&logs)?;
-    let with_tests = tests.is_some_and(|t| !t.binaries.is_empty());
+    let with_tests = tests.is_some_and(GuestTests::any);
     if with_tests {
         // The guest mounts its disk here (the host's root is read-only).
         fs::create_dir_all(root.join("target/test-io"))?;
@@ -150,6 +163,9 @@ pub fn run(
         let text = fs::read_to_string(&log)?.replace('\r', "");
         checks.extend(checks_of(&cell, &text));
         if let Some(t) = tests.filter(|_| with_tests) {
+            if t.bench.is_some() {
+                checks.push(bench_of(&cell, &text, &log));
+            }
             let report = guest_report(&text, t);
             for failed in &report.failed {
                 println!("vm {cell}: FAILED {failed} (its output: {})", log.display());
@@ -340,6 +356,27 @@ fn checks_of(cell: &str, log: &str) -> Vec<Check> {
     out
 }
 
+/// The guest's benchmark output, printed, and whether it ran to its end.
+fn bench_of(cell: &str, log: &str, path: &Path) -> Check {
+    let section = log
+        .split_once("== bench begin\n")
+        .and_then(|(_, rest)| rest.split_once("== bench end "));
+    let (ok, detail) = match section {
+        Some((out, rc)) => {
+            println!("vm {cell}: benchmark (TCG: compare ratios, not times)\n{out}");
+            let rc = rc.lines().next().unwrap_or("").trim().to_owned();
+            (rc == "0", format!("exit {rc}"))
+        }
+        None => (false, format!("did not finish (see {})", path.display())),
+    };
+    Check {
+        cell: cell.to_owned(),
+        name: "bench".into(),
+        ok,
+        detail,
+    }
+}
+
 /// A word for `sh`, quoted.
 fn sh_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', "'\\''"))
@@ -363,6 +400,16 @@ fn guest_script(root: &Path, t: &GuestTests) -> String {
     let io = sh_quote(&root.join("target/test-io").to_string_lossy());
     s += &format!("mkfs.ext4 -q /dev/vda && mount /dev/vda {io} || dmesg | tail -5\n");
     let args: Vec<String> = t.args.iter().map(|a| sh_quote(a)).collect();
+    if let Some(what) = &t.bench {
+        // This very xtask binary, on the host's root the guest sees.
+        let xtask = std::env::current_exe().unwrap_or_else(|_| root.join("target/debug/xtask"));
+        s += &format!(
+            "echo '== bench begin'\n{} bench-in-guest {} --bin {} 2>&1\necho \"== bench end $?\"\n",
+            sh_quote(&xtask.to_string_lossy()),
+            sh_quote(what),
+            sh_quote(&agent.to_string_lossy()),
+        );
+    }
     for (name, exe, dir) in &t.binaries {
         let dir = sh_quote(&dir.to_string_lossy());
         s += &format!(
@@ -502,6 +549,7 @@ mod tests {
                 .collect(),
             args: vec![],
             strict: true,
+            bench: None,
         };
         let log = "== test oom begin\nrunning 3 tests\ntest a ... ok\ntest b ... FAILED\n\
                    test c ... ok\n== test oom end 101\nSKIP\toom-1\tc\tno promtool\n\

@@ -140,7 +140,7 @@ pub fn sample(
         if d.v2 {
             if let Some(u) = &d.unified {
                 v2::cpu_stat(u, r, e, &mut cpu);
-                v2::cpu_spec(u, r, e, &mut s.spec);
+                v2::cpu_spec(u, r, e, &mut s.spec, known);
             }
         } else {
             if let Some(dir) = &d.cpuacct {

@@ -27,9 +27,13 @@ pub fn cpu_stat(dir: &Path, r: &mut Reader, e: &ErrorCounts, cpu: &mut Cpu) {
     });
 }
 
-/// `cpu.max` (`max 100000` or `50000 100000`) and `cpu.weight`.
-pub fn cpu_spec(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec) {
-    if let Some(text) = r.read(&dir.join("cpu.max"), e) {
+/// `cpu.max` (`max 100000` or `50000 100000`) and `cpu.weight`, each file
+/// unless its values are `known`.
+pub fn cpu_spec(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec, known: &Known) {
+    if let (Some(quota), Some(period)) = (known.cpu_quota_us, known.cpu_period_us) {
+        spec.has_cpu = true;
+        (spec.cpu_quota_us, spec.cpu_period_us) = (quota, Some(period));
+    } else if let Some(text) = r.read(&dir.join("cpu.max"), e) {
         let mut it = text.split_whitespace();
         match (it.next().map(parse_limit), it.next().map(str::parse::<u64>)) {
             (Some(Some(quota)), Some(Ok(period))) => {
@@ -43,7 +47,10 @@ pub fn cpu_spec(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec) {
             ),
         }
     }
-    if let Some(w) = r.number(&dir.join("cpu.weight"), e) {
+    if let Some(shares) = known.cpu_shares {
+        spec.has_cpu = true;
+        spec.cpu_shares = Some(shares);
+    } else if let Some(w) = r.number(&dir.join("cpu.weight"), e) {
         spec.has_cpu = true;
         spec.cpu_shares = Some(weight_to_shares(w));
     }
@@ -256,7 +263,13 @@ mod tests {
         );
         assert_eq!((cpu.bursts, cpu.burst_ns), (Some(2), Some(30_000_000)));
         let mut spec = Spec::default();
-        cpu_spec(Path::new(FIXTURES), &mut r, &e, &mut spec);
+        cpu_spec(
+            Path::new(FIXTURES),
+            &mut r,
+            &e,
+            &mut spec,
+            &Known::default(),
+        );
         assert_eq!(
             (spec.cpu_quota_us, spec.cpu_period_us, spec.cpu_shares),
             (Some(50_000), Some(100_000), Some(weight_to_shares(100)))

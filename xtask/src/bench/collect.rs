@@ -16,42 +16,142 @@ use anyhow::{Context as _, Result};
 
 use super::BenchAgent;
 
-const HIERARCHIES: &[&str] = &["cpu", "cpuacct", "memory", "blkio", "pids", "unified"];
 const ROOT: &str = "/sys/fs/cgroup";
 
-/// The files one collection reads on this hybrid host with the kubelet's
-/// metric groups (cgscope_collection_files_read_total / collections, printed
-/// beside the result, confirms the count).
-const FILES: &[(&str, &str)] = &[
-    ("cpuacct", "cpuacct.usage"),
-    ("cpuacct", "cpuacct.stat"),
-    ("cpu", "cpu.stat"),
-    ("cpu", "cpu.cfs_quota_us"),
-    ("cpu", "cpu.cfs_period_us"),
-    ("cpu", "cpu.shares"),
-    ("memory", "memory.usage_in_bytes"),
-    ("memory", "memory.max_usage_in_bytes"),
-    ("memory", "memory.failcnt"),
-    ("memory", "memory.kmem.usage_in_bytes"),
-    ("memory", "memory.stat"),
-    ("memory", "memory.oom_control"),
-    ("memory", "memory.limit_in_bytes"),
-    ("memory", "memory.memsw.limit_in_bytes"),
-    ("memory", "memory.soft_limit_in_bytes"),
-    ("blkio", "blkio.throttle.io_service_bytes_recursive"),
-    ("blkio", "blkio.throttle.io_serviced_recursive"),
-    ("blkio", "blkio.bfq.io_service_bytes_recursive"),
-    ("blkio", "blkio.bfq.io_serviced_recursive"),
-    ("pids", "pids.max"),
-    ("pids", "pids.current"),
-    ("unified", "cpu.pressure"),
-    ("unified", "memory.pressure"),
-    ("unified", "io.pressure"),
-    ("cpu", "cgroup.procs"),
-];
+/// What one layout's collection reads, and what of it the iterator covers.
+pub(super) struct Shape {
+    name: &'static str,
+    /// Hierarchy directories under [`ROOT`] (`""`: the cgroup2 root).
+    hierarchies: &'static [&'static str],
+    /// The files one collection reads with the kubelet's metric groups
+    /// (cgscope_collection_files_read_total / collections, printed beside
+    /// the result, confirms the count).
+    files: &'static [(&'static str, &'static str)],
+    /// The files whose values the eBPF cgroup iterator reads in the kernel.
+    iter_files: &'static [(&'static str, &'static str)],
+    /// The hierarchies the iterator walks.
+    iter_hierarchies: &'static [&'static str],
+}
+
+const HYBRID: Shape = Shape {
+    name: "hybrid",
+    hierarchies: &["cpu", "cpuacct", "memory", "blkio", "pids", "unified"],
+    files: &[
+        ("cpuacct", "cpuacct.usage"),
+        ("cpuacct", "cpuacct.stat"),
+        ("cpu", "cpu.stat"),
+        ("cpu", "cpu.cfs_quota_us"),
+        ("cpu", "cpu.cfs_period_us"),
+        ("cpu", "cpu.shares"),
+        ("memory", "memory.usage_in_bytes"),
+        ("memory", "memory.max_usage_in_bytes"),
+        ("memory", "memory.failcnt"),
+        ("memory", "memory.kmem.usage_in_bytes"),
+        ("memory", "memory.stat"),
+        ("memory", "memory.oom_control"),
+        ("memory", "memory.limit_in_bytes"),
+        ("memory", "memory.memsw.limit_in_bytes"),
+        ("memory", "memory.soft_limit_in_bytes"),
+        ("blkio", "blkio.throttle.io_service_bytes_recursive"),
+        ("blkio", "blkio.throttle.io_serviced_recursive"),
+        ("blkio", "blkio.bfq.io_service_bytes_recursive"),
+        ("blkio", "blkio.bfq.io_serviced_recursive"),
+        ("pids", "pids.max"),
+        ("pids", "pids.current"),
+        ("unified", "cpu.pressure"),
+        ("unified", "memory.pressure"),
+        ("unified", "io.pressure"),
+        ("cpu", "cgroup.procs"),
+    ],
+    iter_files: &[
+        ("memory", "memory.usage_in_bytes"),
+        ("memory", "memory.max_usage_in_bytes"),
+        ("memory", "memory.failcnt"),
+        ("memory", "memory.kmem.usage_in_bytes"),
+        ("memory", "memory.limit_in_bytes"),
+        ("memory", "memory.memsw.limit_in_bytes"),
+        ("memory", "memory.soft_limit_in_bytes"),
+        ("cpuacct", "cpuacct.usage"),
+        ("pids", "pids.current"),
+        ("pids", "pids.max"),
+        ("cpu", "cpu.stat"),
+        ("cpu", "cpu.cfs_quota_us"),
+        ("cpu", "cpu.cfs_period_us"),
+        ("cpu", "cpu.shares"),
+    ],
+    iter_hierarchies: &["memory", "cpuacct", "pids", "cpu"],
+};
+
+/// Pure cgroup2: one directory per cgroup; cpu.stat stays a file (its
+/// usage is an rstat sum the iterator cannot flush).
+const V2: Shape = Shape {
+    name: "v2",
+    hierarchies: &[""],
+    files: &[
+        ("", "cpu.stat"),
+        ("", "cpu.max"),
+        ("", "cpu.weight"),
+        ("", "memory.current"),
+        ("", "memory.peak"),
+        ("", "memory.swap.current"),
+        ("", "memory.stat"),
+        ("", "memory.events"),
+        ("", "memory.events.local"),
+        ("", "memory.max"),
+        ("", "memory.swap.max"),
+        ("", "memory.min"),
+        ("", "io.stat"),
+        ("", "pids.max"),
+        ("", "pids.current"),
+        ("", "cpu.pressure"),
+        ("", "memory.pressure"),
+        ("", "io.pressure"),
+        ("", "cgroup.procs"),
+    ],
+    iter_files: &[
+        ("", "memory.current"),
+        ("", "memory.peak"),
+        ("", "memory.max"),
+        ("", "memory.swap.current"),
+        ("", "memory.swap.max"),
+        ("", "pids.current"),
+        ("", "pids.max"),
+        ("", "cpu.max"),
+        ("", "cpu.weight"),
+    ],
+    iter_hierarchies: &[""],
+};
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+impl Shape {
+    /// This machine's layout (hybrid and pure v1 share the v1 files; a
+    /// hierarchy v1 lacks is simply not there to read).
+    pub(super) fn get() -> &'static Shape {
+        // SAFETY: a NUL-terminated path and a zeroed out-parameter.
+        let v2 = unsafe {
+            let mut st: libc::statfs = std::mem::zeroed();
+            libc::statfs(c"/sys/fs/cgroup".as_ptr(), &mut st) == 0
+                && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+        };
+        if v2 {
+            &V2
+        } else {
+            &HYBRID
+        }
+    }
+
+    fn hierarchies(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.hierarchies
+            .iter()
+            .copied()
+            .filter(|h| Path::new(ROOT).join(h).is_dir())
+    }
+}
 
 /// Cgroups and their sleeping tasks; all removed on drop.
 pub(super) struct Fleet {
+    shape: &'static Shape,
     prefix: String,
     n: usize,
     sleepers: Vec<Child>,
@@ -60,16 +160,26 @@ pub(super) struct Fleet {
 impl Fleet {
     pub(super) fn new(n: usize, threads: usize) -> Result<Self> {
         let prefix = format!("cgscope-bench-collect-{}-{n}", std::process::id());
+        let shape = Shape::get();
         let mut fleet = Self {
+            shape,
             prefix,
             n: 0,
             sleepers: Vec::new(),
         };
-        for h in HIERARCHIES {
-            fs::create_dir(Path::new(ROOT).join(h).join(&fleet.prefix))?;
+        for h in shape.hierarchies() {
+            let top = Path::new(ROOT).join(h).join(&fleet.prefix);
+            fs::create_dir(&top)?;
+            if h.is_empty() {
+                // Its children get the controllers the root hands down.
+                let have = fs::read_to_string(top.join("cgroup.controllers"))?;
+                let enable: Vec<String> =
+                    have.split_whitespace().map(|c| format!("+{c}")).collect();
+                fs::write(top.join("cgroup.subtree_control"), enable.join(" "))?;
+            }
         }
         for i in 0..n {
-            for h in HIERARCHIES {
+            for h in shape.hierarchies() {
                 fs::create_dir(fleet.dir(h, i))?;
             }
             fleet.n = i + 1;
@@ -85,7 +195,7 @@ impl Fleet {
             } else {
                 Command::new("sleep").arg("3600").spawn()?
             };
-            for h in HIERARCHIES {
+            for h in shape.hierarchies() {
                 fs::write(fleet.dir(h, i).join("cgroup.procs"), child.id().to_string())?;
             }
             fleet.sleepers.push(child);
@@ -108,7 +218,7 @@ impl Drop for Fleet {
             let _ = c.wait();
         }
         thread::sleep(Duration::from_millis(200));
-        for h in HIERARCHIES {
+        for h in self.shape.hierarchies() {
             for i in 0..self.n {
                 let _ = fs::remove_dir(self.dir(h, i));
             }
@@ -171,7 +281,7 @@ fn floor(fleet: &Fleet) -> f64 {
     let mut buf = Vec::with_capacity(8192);
     let start = cpu_seconds_self();
     for i in 0..fleet.n {
-        read_files(fleet, i, FILES, &mut buf);
+        read_files(fleet, i, fleet.shape.files, &mut buf);
         let pid = fleet.sleepers[i].id();
         let _ = fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count());
         let _ = fs::metadata(format!("/proc/{pid}/ns/net"));
@@ -190,43 +300,22 @@ struct Row {
     iter: Option<(f64, f64, f64)>,
 }
 
-/// The files whose values the eBPF cgroup iterator reads in the kernel.
-const ITER_FILES: &[(&str, &str)] = &[
-    ("memory", "memory.usage_in_bytes"),
-    ("memory", "memory.max_usage_in_bytes"),
-    ("memory", "memory.failcnt"),
-    ("memory", "memory.kmem.usage_in_bytes"),
-    ("memory", "memory.limit_in_bytes"),
-    ("memory", "memory.memsw.limit_in_bytes"),
-    ("memory", "memory.soft_limit_in_bytes"),
-    ("cpuacct", "cpuacct.usage"),
-    ("pids", "pids.current"),
-    ("pids", "pids.max"),
-    ("cpu", "cpu.stat"),
-    ("cpu", "cpu.cfs_quota_us"),
-    ("cpu", "cpu.cfs_period_us"),
-    ("cpu", "cpu.shares"),
-];
-
-/// The hierarchies the iterator walks on this host.
-const ITER_HIERARCHIES: &[&str] = &["memory", "cpuacct", "pids", "cpu"];
-
 /// µs of CPU per cgroup: one iterator pass per hierarchy (`cgscope
 /// --dump-cgroup-stats`, its median of five passes) and reading
-/// [`ITER_FILES`]; and the longer pass's wall time in ms.
+/// the files it covers; and the longest pass's wall time in ms.
 fn iter_vs_files(bin: &Path, fleet: &Fleet) -> Result<(f64, f64, f64)> {
     let mut buf = Vec::with_capacity(4096);
     let mut files = || {
         let start = cpu_seconds_self();
         for i in 0..fleet.n {
-            read_files(fleet, i, ITER_FILES, &mut buf);
+            read_files(fleet, i, fleet.shape.iter_files, &mut buf);
         }
         cpu_seconds_self() - start
     };
     let _ = files();
     let files_us = files() / fleet.n as f64 * 1e6;
     let (mut iter_us, mut wall_ms) = (0.0, 0.0f64);
-    for h in ITER_HIERARCHIES {
+    for h in fleet.shape.iter_hierarchies {
         let out = Command::new(bin)
             .arg("--dump-cgroup-stats")
             .arg(Path::new(ROOT).join(h).join(&fleet.prefix))
@@ -243,12 +332,17 @@ fn iter_vs_files(bin: &Path, fleet: &Fleet) -> Result<(f64, f64, f64)> {
     Ok((iter_us / fleet.n as f64, files_us, wall_ms))
 }
 
-pub fn run(bin: &Path) -> Result<()> {
+/// The fleets measured on this machine: (cgroups, threads per cgroup).
+pub const SIZES: &[(usize, usize)] = &[(100, 1), (1000, 1), (5000, 1), (200, 50)];
+
+pub fn run(bin: &Path, sizes: &[(usize, usize)]) -> Result<()> {
+    let shape = Shape::get();
     let mut rows = Vec::new();
-    for (n, threads) in [(100, 1), (1000, 1), (5000, 1), (200, 50)] {
+    for &(n, threads) in sizes {
         rows.push(measure(bin, n, threads).with_context(|| format!("{n} cgroups"))?);
     }
     println!();
+    println!("layout: {}", shape.name);
     println!("collection cost per container per collection, whole agent (target: files within 1.5x of the floor, iter under the floor; RSS < 64 MiB at 5,000)");
     println!("| cgroups | collector | agent CPU µs | floor µs | ratio | files/collection | iterator passes/round | agent RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -271,7 +365,11 @@ pub fn run(bin: &Path) -> Result<()> {
         }
     }
     println!();
-    println!("eBPF cgroup iterator (memory usage, max usage, failcnt, kmem usage, limit, memsw limit, soft limit; cpuacct usage; cpu.stat, quota, period, shares; pids current, max) vs reading those files, CPU µs per cgroup (target: iterator 10x cheaper)");
+    let covered: Vec<&str> = shape.iter_files.iter().map(|(_, f)| *f).collect();
+    println!(
+        "eBPF cgroup iterator vs reading the files it covers ({}), CPU µs per cgroup (target: iterator 10x cheaper)",
+        covered.join(", ")
+    );
     println!("(pass ms: one hierarchy's walk, during which the kernel holds cgroup_mutex)");
     println!("| cgroups | iterator µs | files µs | files / iterator | pass ms |");
     println!("|---|---|---|---|---|");

@@ -19,27 +19,31 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{build_ebpf, cmd};
 
+pub use collect::SIZES as COLLECT_SIZES;
+
+/// Builds the release agent with its eBPF object and runs `what`.
 pub fn run(root: &Path, what: &str) -> Result<()> {
     if !cmd::is_root() {
         bail!("benchmarks create cgroups and load eBPF: run them as root");
     }
     build_ebpf::run(root)?;
-    cmd::run(
-        cmd::cargo()
-            .current_dir(root)
-            .args(["build", "--release", "--package", "agent"]),
-    )?;
-    let bin = root.join("target/release/cgscope");
+    crate::test::build_release_agent(root)?;
+    run_with(&root.join("target/release/cgscope"), what, COLLECT_SIZES)
+}
+
+/// Runs `what` against an agent already built (inside a `cargo xtask vm`
+/// guest, which cannot build).
+pub fn run_with(bin: &Path, what: &str, collect_sizes: &[(usize, usize)]) -> Result<()> {
     match what {
-        "discovery" => discovery::run(&bin),
-        "oom" => oom::run(&bin),
-        "collect" => collect::run(&bin),
-        "scrape" => scrape::run(&bin),
+        "discovery" => discovery::run(bin),
+        "oom" => oom::run(bin),
+        "collect" => collect::run(bin, collect_sizes),
+        "scrape" => scrape::run(bin),
         "all" => {
-            discovery::run(&bin)?;
-            oom::run(&bin)?;
-            collect::run(&bin)?;
-            scrape::run(&bin)
+            discovery::run(bin)?;
+            oom::run(bin)?;
+            collect::run(bin, collect_sizes)?;
+            scrape::run(bin)
         }
         other => bail!("unknown benchmark {other:?} (known: discovery, oom, collect, scrape, all)"),
     }

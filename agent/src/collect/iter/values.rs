@@ -14,8 +14,9 @@ use crate::{
     cgroup::{
         hierarchy::{Hierarchies, Hierarchy, Version},
         read::Reader,
-        stats::{Cpu, Known, Spec},
+        stats::{weight_to_shares, Cpu, Known, Spec},
         v1::{self, limited},
+        v2,
     },
     config::Groups,
     errors::ErrorCounts,
@@ -32,15 +33,17 @@ pub struct Target {
     pub memory: bool,
     pub cpuacct: bool,
     pub pids: bool,
-    /// v1 only: cgroup2's cpu.stat is read for its usage anyway.
+    /// On cgroup2 the limits only (cpu.max, cpu.weight): cpu.stat is read
+    /// for its rstat usage anyway, and its throttling counters come along.
     pub cpu: bool,
 }
 
 impl Target {
     /// The hierarchies holding memory, cpuacct, cpu or pids (cgroup2 only
-    /// on a pure v2 host, and there memory and pids only: its CPU usage is
-    /// an rstat sum the iterator cannot flush, so cpu.stat is read anyway),
-    /// for the metric groups enabled: nothing is walked to be thrown away.
+    /// on a pure v2 host, and there no CPU usage: that is an rstat sum
+    /// only `cgroup_rstat_flush()` makes current, a kfunc aya 0.14 cannot
+    /// call, so cpu.stat is read anyway), for the metric groups enabled:
+    /// nothing is walked to be thrown away.
     pub fn all(h: &Hierarchies, groups: &Groups) -> Vec<Self> {
         let memory = groups.memory || groups.oom_event;
         let pure_v2 = h.list.iter().all(|x| x.version == Version::V2);
@@ -57,7 +60,7 @@ impl Target {
                     memory: memory && x.has("memory"),
                     cpuacct: groups.cpu && !v2 && x.has("cpuacct"),
                     pids: groups.process && x.has("pids"),
-                    cpu: groups.cpu && !v2 && x.has("cpu"),
+                    cpu: groups.cpu && x.has("cpu"),
                 };
                 (t.memory || t.cpuacct || t.pids || t.cpu).then_some(t)
             })
@@ -68,14 +71,14 @@ impl Target {
     pub(super) fn fields(&self) -> u32 {
         let mut f = 0;
         if self.memory {
-            f |= Fields::MEMORY_USAGE | Fields::MEMORY_LIMIT | Fields::SWAP_LIMIT;
+            f |= Fields::MEMORY_USAGE
+                | Fields::MEMORY_MAX_USAGE
+                | Fields::MEMORY_LIMIT
+                | Fields::SWAP_LIMIT;
             f |= if self.v2 {
                 Fields::SWAP_USAGE
             } else {
-                Fields::MEMORY_MAX_USAGE
-                    | Fields::MEMORY_FAILCNT
-                    | Fields::MEMORY_KERNEL
-                    | Fields::MEMORY_RESERVATION
+                Fields::MEMORY_FAILCNT | Fields::MEMORY_KERNEL | Fields::MEMORY_RESERVATION
             };
         }
         if self.cpuacct {
@@ -85,7 +88,10 @@ impl Target {
             f |= Fields::PIDS_CURRENT | Fields::PIDS_MAX;
         }
         if self.cpu {
-            f |= Fields::CPU_STAT | Fields::CPU_QUOTA | Fields::CPU_PERIOD | Fields::CPU_SHARES;
+            f |= Fields::CPU_QUOTA | Fields::CPU_PERIOD | Fields::CPU_SHARES;
+            if !self.v2 {
+                f |= Fields::CPU_STAT;
+            }
         }
         f
     }
@@ -209,11 +215,12 @@ pub(super) fn values(rec: &CgroupStats, t: &Target, page: u64) -> Known {
     let v1_limit = |pages: u64| limited(Some(bytes(pages)));
     if t.memory && rec.flags & STATS_FLAG_MEMORY != 0 {
         k.memory_usage = Some(bytes(rec.mem_usage));
+        // v2's memory.peak (5.19 on; cgroup iterators came in 6.1) is the
+        // same page counter's watermark.
+        k.memory_max_usage = Some(bytes(rec.mem_watermark));
         if t.v2 {
-            // memory.peak is left to its file: kernels before 5.19 have none.
             k.memory_limit = Some(v2_limit(rec.mem_max));
         } else {
-            k.memory_max_usage = Some(bytes(rec.mem_watermark));
             k.memory_limit = Some(v1_limit(rec.mem_max));
             k.memory_failcnt = Some(rec.mem_failcnt);
         }
@@ -233,19 +240,26 @@ pub(super) fn values(rec: &CgroupStats, t: &Target, page: u64) -> Known {
     if t.cpu && rec.flags & STATS_FLAG_CPU != 0 {
         // As cpu.shares shows it: scale_load_down() of 64-bit kernels.
         let shares = rec.cpu_shares;
-        k.cpu_shares = Some(if shares == 0 {
+        let shares = if shares == 0 {
             0
         } else {
             (shares >> 10).max(2)
+        };
+        k.cpu_shares = Some(if t.v2 {
+            weight_to_shares(kernel_weight(shares))
+        } else {
+            shares
         });
-        // RUNTIME_INF is "-1" in cpu.cfs_quota_us.
+        // RUNTIME_INF is "-1" in cpu.cfs_quota_us and "max" in cpu.max.
         k.cpu_quota_us = Some((rec.cpu_quota_ns != u64::MAX).then_some(rec.cpu_quota_ns / 1000));
         k.cpu_period_us = Some(rec.cpu_period_ns / 1000);
+    }
+    if t.cpu && !t.v2 && rec.flags & STATS_FLAG_CPU != 0 {
         k.cpu_periods = Some(rec.cpu_periods.into());
         k.cpu_throttled_periods = Some(rec.cpu_throttled.into());
         k.cpu_throttled_ns = Some(rec.cpu_throttled_ns);
     }
-    if t.cpu && rec.flags & STATS_FLAG_CPU_BURST != 0 {
+    if t.cpu && !t.v2 && rec.flags & STATS_FLAG_CPU_BURST != 0 {
         k.cpu_bursts = Some(rec.cpu_bursts.into());
         k.cpu_burst_ns = Some(rec.cpu_burst_ns);
     }
@@ -264,12 +278,19 @@ pub(super) fn values(rec: &CgroupStats, t: &Target, page: u64) -> Known {
     k
 }
 
+/// cpu.weight as the kernel shows it for a task group's scaled-down shares
+/// (`sched_weight_to_cgroup()`: rounded to the closest, within 1–10000).
+fn kernel_weight(shares: u64) -> u64 {
+    ((shares * 100 + 512) / 1024).clamp(1, 10_000)
+}
+
 /// The same values read from the files, as the collection's readers
 /// interpret them: the self-check's reference.
 pub fn reference(t: &Target, dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Known {
     let mut k = Known::default();
     if t.memory && t.v2 {
         k.memory_usage = r.number(&dir.join("memory.current"), e);
+        k.memory_max_usage = r.number(&dir.join("memory.peak"), e);
         k.memory_limit = r.limit(&dir.join("memory.max"), e);
         k.memory_swap_limit = r.limit(&dir.join("memory.swap.max"), e);
         k.swap_usage = r.number(&dir.join("memory.swap.current"), e);
@@ -295,7 +316,14 @@ pub fn reference(t: &Target, dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Kno
         k.pids_current = r.number(&dir.join("pids.current"), e);
         k.pids_max = r.limit(&dir.join("pids.max"), e);
     }
-    if t.cpu {
+    if t.cpu && t.v2 {
+        let mut spec = Spec::default();
+        v2::cpu_spec(dir, r, e, &mut spec, &Known::default());
+        if let Some(period) = spec.cpu_period_us {
+            (k.cpu_quota_us, k.cpu_period_us) = (Some(spec.cpu_quota_us), Some(period));
+        }
+        k.cpu_shares = spec.cpu_shares;
+    } else if t.cpu {
         let mut cpu = Cpu::default();
         v1::cpu_stat(dir, r, e, &mut cpu, &Known::default());
         (k.cpu_periods, k.cpu_throttled_periods) = (cpu.periods, cpu.throttled_periods);
@@ -339,7 +367,7 @@ pub(super) mod testing {
             memory: true,
             cpuacct: !v2,
             pids: true,
-            cpu: !v2,
+            cpu: true,
         }
     }
 
@@ -386,8 +414,31 @@ mod tests {
         assert_eq!(k.memory_limit, Some(Some(1 << 20)));
         assert_eq!(k.memory_swap_limit, Some(None), "\"max\"");
         assert_eq!(k.swap_usage, Some(3 * PAGE));
-        assert_eq!(k.memory_max_usage, None, "memory.peak stays with its file");
+        assert_eq!(k.memory_max_usage, Some(12 * PAGE), "memory.peak");
         assert_eq!(k.cpu_usage_ns, None);
+
+        let cpu = CgroupStats {
+            flags: STATS_FLAG_CPU | STATS_FLAG_CPU_BURST,
+            // cpu.weight 200 is stored as scale_load(2048).
+            cpu_shares: 2048 << 10,
+            cpu_quota_ns: u64::MAX,
+            cpu_period_ns: 100_000_000,
+            cpu_periods: 7,
+            ..record()
+        };
+        let k = known_from(&cpu, &target(true), PAGE);
+        assert_eq!(k.cpu_shares, Some(weight_to_shares(200)));
+        assert_eq!(
+            (k.cpu_quota_us, k.cpu_period_us),
+            (Some(None), Some(100_000))
+        );
+        assert_eq!(
+            (k.cpu_periods, k.cpu_bursts),
+            (None, None),
+            "cgroup2's cpu.stat is read for its usage anyway"
+        );
+        let k = known_from(&cpu, &target(false), PAGE);
+        assert_eq!((k.cpu_shares, k.cpu_periods), (Some(2048), Some(7)));
 
         let root = CgroupStats {
             level: 0,
@@ -399,6 +450,15 @@ mod tests {
             ..record()
         };
         assert_eq!(known_from(&bare, &target(false), PAGE), Known::default());
+    }
+
+    #[test]
+    fn cpu_weight_survives_the_kernels_round_trip() {
+        // The kernel stores a written weight w as round(w * 1024 / 100).
+        for w in 1..=10_000u64 {
+            assert_eq!(kernel_weight((w * 1024 + 50) / 100), w, "weight {w}");
+        }
+        assert_eq!(kernel_weight(2), 1, "the smallest shares show weight 1");
     }
 
     #[test]
@@ -451,7 +511,8 @@ mod tests {
         };
         let t = Target::all(&v2, &Groups::all());
         assert_eq!(t.len(), 1);
-        assert!(t[0].v2 && t[0].memory && !t[0].cpuacct && !t[0].cpu);
+        assert!(t[0].v2 && t[0].memory && !t[0].cpuacct && t[0].cpu);
+        assert!(!Fields(t[0].fields()).has(Fields::CPU_PERIODS));
         assert_eq!(t[0].hierarchy.dir("/a/b"), Path::new("/sys/fs/cgroup/a/b"));
     }
 
