@@ -15,6 +15,7 @@ mod oom;
 mod registry;
 mod runtime;
 mod status;
+mod supervise;
 
 use std::{io::IsTerminal as _, sync::Arc, time::Duration};
 
@@ -22,7 +23,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser as _;
 use tokio::{
     signal::unix::SignalKind,
-    sync::{mpsc, watch, Notify},
+    sync::{mpsc, oneshot, watch, Notify},
 };
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -41,6 +42,7 @@ use crate::{
     oom::OomStats,
     registry::{Msg, Registry},
     status::{Mode, Status, COLLECTOR_MODES, DISCOVERY_MODES},
+    supervise::{Health, Tasks},
 };
 
 fn main() -> Result<()> {
@@ -77,10 +79,20 @@ fn init_logging(config: &Config) -> Result<()> {
 
 async fn run(config: Config) -> Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), listen = %config.listen, "starting cgscope");
-    let hierarchies = Arc::new(
-        Hierarchies::discover(std::path::Path::new("/proc"))
-            .context("finding cgroup hierarchies")?,
-    );
+    // Every flag is checked before anything is attached or started.
+    let (groups, unsupported) =
+        Groups::from_flags(config.enable_metrics.as_deref(), &config.disable_metrics)
+            .map_err(|e| anyhow::anyhow!("--enable-metrics/--disable-metrics: {e}"))?;
+    if !unsupported.is_empty() {
+        tracing::warn!(groups = ?unsupported, "these cAdvisor metric groups are accepted but not collected by cgscope");
+    }
+    // A port in use fails the start before anything is loaded; connections
+    // wait in the backlog until the server runs.
+    let listener = export::http::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let hierarchies =
+        Arc::new(Hierarchies::discover(&config.proc_root).context("finding cgroup hierarchies")?);
     tracing::info!(
         layout = ?hierarchies.layout(),
         hierarchies = %hierarchies
@@ -99,14 +111,17 @@ async fn run(config: Config) -> Result<()> {
     )
     .shared();
     let oom_stats = Arc::new(OomStats::default());
+    let health = Health::default();
+    let mut tasks = Tasks::new(health.clone());
     let (registry_tx, registry_rx) = mpsc::channel::<Msg>(4096);
-    let snapshot = Registry::new(
+    let (snapshot, registry) = Registry::new(
         config.container_retention,
         events.clone(),
         stats.clone(),
         oom_stats.clone(),
     )
-    .spawn(registry_rx);
+    .start(registry_rx);
+    tasks.spawn("registry", registry);
 
     let mut started = start_ebpf(&config)?;
     let discovery = started.discovery;
@@ -118,13 +133,16 @@ async fn run(config: Config) -> Result<()> {
     match (discovery, started.kernel.as_mut()) {
         ("ebpf", Some(k)) => {
             let ring = k.take_ring_buf("CGROUP_EVENTS")?;
-            tokio::spawn(discovery::ebpf::run(
-                ring,
-                hierarchies.clone(),
-                filter.clone(),
-                stats.clone(),
-                registry_tx.clone(),
-            ));
+            tasks.spawn(
+                "discovery",
+                discovery::ebpf::run(
+                    ring,
+                    hierarchies.clone(),
+                    filter.clone(),
+                    stats.clone(),
+                    registry_tx.clone(),
+                ),
+            );
         }
         _ => {
             let (h, f, st) = (hierarchies.clone(), filter.clone(), stats.clone());
@@ -136,11 +154,14 @@ async fn run(config: Config) -> Result<()> {
                 watches = watcher.watched(),
                 "inotify watching every cgroup directory"
             );
-            tokio::spawn(watcher.run(registry_tx.clone(), rescan.clone()));
+            tasks.spawn(
+                "discovery",
+                watcher.run(registry_tx.clone(), rescan.clone()),
+            );
         }
     }
     // The walk starts after the event source, so nothing falls in between.
-    spawn_walker(
+    let walker = walker(
         &config,
         hierarchies.clone(),
         filter,
@@ -149,28 +170,36 @@ async fn run(config: Config) -> Result<()> {
         rescan,
     )
     .await;
+    tasks.spawn("walker", walker);
     release_startup_memory();
     // OOM kills are attributed by path, so their source starts once the
     // first walk has filled the registry.
     let oom = match (started.kernel.as_mut(), started.oom_ebpf) {
         (Some(k), true) => {
             let ring = k.take_ring_buf("OOM_EVENTS")?;
-            tokio::spawn(oom::ebpf::run(
-                ring,
-                hierarchies.clone(),
-                oom_stats.clone(),
-                registry_tx.clone(),
-            ));
+            tasks.spawn(
+                "oom",
+                oom::ebpf::run(
+                    ring,
+                    hierarchies.clone(),
+                    config.proc_root.clone(),
+                    oom_stats.clone(),
+                    registry_tx.clone(),
+                ),
+            );
             "ebpf"
         }
         _ => {
             let memory = hierarchies.with_controller("memory").cloned();
-            match oom::kmsg::spawn(
+            let reader = oom::kmsg::open(
                 &config.kmsg_path,
                 memory,
+                config.proc_root.clone(),
                 oom_stats.clone(),
                 registry_tx.clone(),
-            ) {
+            )
+            .and_then(|reader| tasks.spawn_thread("kmsg", reader));
+            match reader {
                 Ok(()) => "kmsg",
                 Err(e) => {
                     oom_stats.errors.record(
@@ -186,12 +215,6 @@ async fn run(config: Config) -> Result<()> {
         }
     };
 
-    let (groups, unsupported) =
-        Groups::from_flags(config.enable_metrics.as_deref(), &config.disable_metrics)
-            .map_err(|e| anyhow::anyhow!("--enable-metrics/--disable-metrics: {e}"))?;
-    if !unsupported.is_empty() {
-        tracing::warn!(groups = ?unsupported, "these cAdvisor metric groups are accepted but not collected by cgscope");
-    }
     let (collector_mode, iter) = choose_collector(
         &config,
         started.iter.take(),
@@ -232,7 +255,7 @@ async fn run(config: Config) -> Result<()> {
         .clone()
         .unwrap_or_else(runtime::cri::probe_endpoint);
     tracing::info!(cri = %cri_endpoint.display(), docker = %config.docker_endpoint.display(), "runtime endpoints");
-    runtime::spawn(
+    let runtime = runtime::run(
         vec![
             Arc::new(runtime::cri::CriProvider::new(cri_endpoint)),
             Arc::new(runtime::docker::DockerProvider::new(
@@ -254,6 +277,7 @@ async fn run(config: Config) -> Result<()> {
         registry_tx.clone(),
         runtime_errors.clone(),
     );
+    tasks.spawn("runtime", runtime);
     let cache = Arc::new(StatsCache::new(
         config.storage_duration,
         config.housekeeping_interval,
@@ -268,7 +292,7 @@ async fn run(config: Config) -> Result<()> {
         stats: Default::default(),
         iter,
     });
-    collect::spawn(
+    let collect = collect::run(
         collector.clone(),
         cache.clone(),
         snapshot.clone(),
@@ -280,8 +304,10 @@ async fn run(config: Config) -> Result<()> {
                 .max(config.housekeeping_interval),
         },
     );
+    tasks.spawn("collect", collect);
 
-    let machine_rx = spawn_machine_refresh(&config);
+    let (machine_rx, machine) = machine_refresh(&config);
+    tasks.spawn("machine", machine);
     let sources = Arc::new(Sources {
         machine: machine_rx,
         status,
@@ -299,30 +325,52 @@ async fn run(config: Config) -> Result<()> {
     });
     let (registry, agent_registry) = export::metrics::registries(sources.clone());
 
-    let listener = export::http::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
-    let state = export::http::AppState::new(registry, agent_registry, sources);
-    export::http::serve(listener, state, shutdown_signal())
-        .await
-        .context("HTTP server")?;
-
+    let state = export::http::AppState::new(registry, agent_registry, sources, health);
+    let (stop, stopping) = oneshot::channel::<()>();
+    let mut server = std::pin::pin!(export::http::serve(listener, state, async {
+        let _ = stopping.await;
+    }));
+    let failed = tokio::select! {
+        served = &mut server => {
+            served.context("HTTP server")?;
+            bail!("the HTTP server stopped");
+        }
+        () = shutdown_signal() => None,
+        exit = tasks.first_exit() => {
+            tracing::error!(task = exit.task, "{exit}: the agent stops, to be restarted");
+            Some(exit)
+        }
+    };
+    let _ = stop.send(());
+    if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
+        tracing::info!(grace = ?SHUTDOWN_GRACE, "closing the connections still open");
+    }
+    drop(tasks);
     drop(kernel);
-    tracing::info!("stopped");
-    Ok(())
+    match failed {
+        Some(exit) => Err(anyhow::anyhow!("{exit}")),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
 }
 
-/// Walks every hierarchy now, every `--global-housekeeping-interval`, and
-/// whenever a source asks for a rescan (inotify overflow).
-async fn spawn_walker(
+/// How long requests in flight may take to finish once the agent stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Walks every hierarchy now; the task it returns walks them again every
+/// `--global-housekeeping-interval` and whenever a source asks for a rescan
+/// (inotify overflow).
+async fn walker(
     config: &Config,
     hierarchies: Arc<Hierarchies>,
     filter: Filter,
     stats: Arc<DiscoveryStats>,
     tx: mpsc::Sender<Msg>,
     rescan: Arc<Notify>,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let every = config
         .global_housekeeping_interval
         .max(Duration::from_secs(1));
@@ -333,7 +381,7 @@ async fn spawn_walker(
     if let Ok(first) = tokio::task::spawn_blocking(walk).await {
         let _ = tx.send(Msg::Walked(first)).await;
     }
-    tokio::spawn(async move {
+    async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first walk is done above.
@@ -359,7 +407,7 @@ async fn spawn_walker(
                 return;
             }
         }
-    });
+    }
 }
 
 /// What eBPF gives this run.
@@ -517,7 +565,14 @@ async fn choose_collector(
     Ok(("files", None))
 }
 
-fn spawn_machine_refresh(config: &Config) -> watch::Receiver<Option<Arc<MachineInfo>>> {
+/// The latest machine information, and the task that reads it again every
+/// `--update-machine-info-interval`.
+fn machine_refresh(
+    config: &Config,
+) -> (
+    watch::Receiver<Option<Arc<MachineInfo>>>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let paths = MachinePaths::new(
         &config.proc_root,
         &config.sys_root,
@@ -527,7 +582,7 @@ fn spawn_machine_refresh(config: &Config) -> watch::Receiver<Option<Arc<MachineI
         .update_machine_info_interval
         .max(Duration::from_secs(1));
     let (tx, rx) = watch::channel(None);
-    tokio::spawn(async move {
+    let task = async move {
         let mut tick = tokio::time::interval(every);
         let mut failing = false;
         loop {
@@ -549,8 +604,8 @@ fn spawn_machine_refresh(config: &Config) -> watch::Receiver<Option<Arc<MachineI
                 Err(e) => tracing::error!(error = %e, "machine information task panicked"),
             }
         }
-    });
-    rx
+    };
+    (rx, task)
 }
 
 /// Buffers of a scrape or an iterator pass (hundreds of KiB to MiB, freed

@@ -8,6 +8,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    future::Future,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -162,10 +163,17 @@ impl Registry {
         }
     }
 
-    /// Runs the owner task until every sender is gone.
-    pub fn spawn(mut self, mut rx: mpsc::Receiver<Msg>) -> watch::Receiver<Arc<Snapshot>> {
+    /// The owner task, which runs until every sender is gone, and the
+    /// snapshots it publishes.
+    pub fn start(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+    ) -> (
+        watch::Receiver<Arc<Snapshot>>,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
         let (tx, snapshot) = watch::channel(Arc::new(Snapshot::default()));
-        tokio::spawn(async move {
+        let task = async move {
             let mut gc = tokio::time::interval(
                 Duration::from_secs(1).min(self.retention.max(Duration::from_millis(100))),
             );
@@ -193,8 +201,8 @@ impl Registry {
                     tx.send_replace(Arc::new(self.snapshot()));
                 }
             }
-        });
-        snapshot
+        };
+        (snapshot, task)
     }
 
     /// Applies one message; true when the snapshot changed.

@@ -219,6 +219,18 @@ impl Agent {
             .unwrap_or(0)
     }
 
+    /// Waits up to `timeout` for the agent to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Stops the agent with SIGTERM and returns its log.
     pub fn stop(mut self) -> String {
         self.terminate();

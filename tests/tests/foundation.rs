@@ -117,3 +117,30 @@ fn binary_without_ebpf_object_runs_in_fallback_mode() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cargo xtask build-ebpf"), "{err}");
 }
+
+#[test]
+fn a_task_that_ends_stops_the_agent_non_zero_naming_it() {
+    // A replayed kernel log that is removed ends the OOM reader: the agent
+    // must not go on serving without its OOM source.
+    let dir = tempfile::tempdir().unwrap();
+    let kmsg = dir.path().join("kmsg");
+    std::fs::write(&kmsg, "").unwrap();
+    let mut agent = Agent::start(&[
+        "--discovery",
+        "inotify",
+        "--collector",
+        "files",
+        "--oom-source",
+        "kmsg",
+        "--kmsg-path",
+        kmsg.to_str().unwrap(),
+    ]);
+    assert_eq!(agent.get("/healthz", None).unwrap().status, 200);
+    std::fs::remove_file(&kmsg).unwrap();
+    let status = agent
+        .wait_exit(std::time::Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("still running without its OOM reader:\n{}", agent.log()));
+    let log = agent.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("task kmsg ended"), "{log}");
+}

@@ -195,14 +195,14 @@ impl Pacing {
     }
 }
 
-/// Runs the scheduler until the registry goes away.
-pub fn spawn(
+/// The scheduler, which runs until the registry goes away.
+pub fn run(
     collector: Arc<Collector>,
     cache: Arc<StatsCache>,
     mut registry: watch::Receiver<Arc<Snapshot>>,
     registry_tx: mpsc::Sender<Msg>,
     cadence: Cadence,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let sinks = Sinks {
         cache,
         registry: registry_tx,
@@ -212,7 +212,7 @@ pub fn spawn(
         base: cadence.base,
         grid: collector.iter.is_some(),
     };
-    tokio::spawn(async move {
+    async move {
         let mut tracked: HashMap<Arc<str>, Tracked> = HashMap::new();
         let mut heap: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>> = BinaryHeap::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, Vec<Done>)>();
@@ -224,7 +224,7 @@ pub fn spawn(
         let mut worker = match new_worker() {
             Ok(w) => w,
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the collector thread: no statistics will be collected");
+                tracing::error!(error = %e, "cannot start the collector thread");
                 return;
             }
         };
@@ -316,7 +316,7 @@ pub fn spawn(
                 }
             }
         }
-    });
+    }
 }
 
 /// Stores finished collections and schedules each container's next one.

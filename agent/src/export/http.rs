@@ -25,6 +25,7 @@ use tower_http::{compression::CompressionLayer, timeout::TimeoutLayer};
 
 use super::api;
 use super::{api_v2, metrics::Sources};
+use crate::supervise::Health;
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -74,15 +75,22 @@ pub struct AppState {
     pub agent_registry: Arc<[Registry]>,
     pub sources: Arc<Sources>,
     pub scrape_permits: Arc<Semaphore>,
+    pub health: Health,
 }
 
 impl AppState {
-    pub fn new(registry: Vec<Registry>, agent_registry: Registry, sources: Arc<Sources>) -> Self {
+    pub fn new(
+        registry: Vec<Registry>,
+        agent_registry: Registry,
+        sources: Arc<Sources>,
+        health: Health,
+    ) -> Self {
         Self {
             registry: registry.into(),
             agent_registry: Arc::new([agent_registry]),
             sources,
             scrape_permits: Arc::new(Semaphore::new(CONCURRENT_SCRAPES)),
+            health,
         }
     }
 }
@@ -136,8 +144,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-async fn healthz() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok")
+/// 503 once a task of the agent has ended: what it serves is going stale.
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    match state.health.failed() {
+        None => (StatusCode::OK, text, "ok".to_owned()),
+        Some(exit) => (StatusCode::SERVICE_UNAVAILABLE, text, format!("{exit}\n")),
+    }
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -284,6 +297,65 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
         h
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_with_the_task_that_ended_when_the_registry_loses_its_input() {
+        use crate::{registry::Registry, supervise::Tasks};
+        use http_body_util::BodyExt as _;
+        use tower::ServiceExt as _;
+
+        let health = Health::default();
+        let mut tasks = Tasks::new(health.clone());
+        let events = crate::events::EventStore::new(
+            crate::events::parse_count_policy("").unwrap(),
+            crate::events::parse_age_policy("").unwrap(),
+        )
+        .shared();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (_snapshot, registry) = Registry::new(
+            Duration::from_secs(60),
+            events,
+            Arc::default(),
+            Arc::default(),
+        )
+        .start(rx);
+        tasks.spawn("registry", registry);
+        let sources = Arc::new(Sources::for_tests(
+            None,
+            Default::default(),
+            Arc::new(crate::cache::StatsCache::new(
+                Duration::from_secs(120),
+                Duration::from_secs(10),
+            )),
+            crate::config::Groups::kubelet(),
+            Default::default(),
+        ));
+        let (parts, agent) = super::super::metrics::registries(sources.clone());
+        let app = router(AppState::new(parts, agent, sources, health));
+        let healthz = |app: Router| async move {
+            let req = axum::http::Request::get("/healthz")
+                .body(Body::empty())
+                .unwrap();
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        };
+        assert_eq!(healthz(app.clone()).await, (StatusCode::OK, "ok".into()));
+
+        drop(tx);
+        let exit = tokio::time::timeout(Duration::from_secs(10), tasks.first_exit())
+            .await
+            .expect("the registry task ends without its input");
+        assert_eq!(exit.task, "registry");
+        assert_eq!(
+            healthz(app).await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "task registry ended\n".into()
+            )
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,12 @@
 //! OOM victims from the eBPF programs' ring buffer.
 
-use std::{fs, os::unix::fs::MetadataExt as _, path::Path, sync::Arc, time::Duration};
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use agent_common::{OomEvent, OOM_FLAG_LIMIT_FOUND, OOM_FLAG_MEMCG};
 use aya::maps::{MapData, RingBuf};
@@ -16,9 +22,12 @@ use crate::{
     registry::Msg,
 };
 
+/// Reads the ring buffer until the registry goes away; `proc` is where the
+/// victims' `/proc/<pid>` is (`--proc-root`).
 pub async fn run(
     ring: RingBuf<MapData>,
     hierarchies: Arc<Hierarchies>,
+    proc: PathBuf,
     stats: Arc<OomStats>,
     tx: mpsc::Sender<Msg>,
 ) {
@@ -54,7 +63,7 @@ pub async fn run(
         guard.clear_ready();
         let clock = BootClock::now();
         for ev in events {
-            let kill = attribute(&ev, memory.as_ref(), &clock, &tx, &stats).await;
+            let kill = attribute(&ev, memory.as_ref(), &proc, &clock, &tx, &stats).await;
             tracing::info!(pid = kill.pid, comm = %kill.comm, victim = ?kill.victim, oom = ?kill.oom, "OOM kill");
             stats.count(&kill);
             if tx.send(Msg::Oom(kill)).await.is_err() {
@@ -67,6 +76,7 @@ pub async fn run(
 async fn attribute(
     ev: &OomEvent,
     memory: Option<&Hierarchy>,
+    proc: &Path,
     clock: &BootClock,
     tx: &mpsc::Sender<Msg>,
     stats: &OomStats,
@@ -102,9 +112,9 @@ async fn attribute(
     } else {
         // The classic tracepoint, the victim not the task that ran out: ask
         // /proc while the victim still exists.
-        let from_proc = victim_from_proc(ev.pid, memory);
+        let from_proc = victim_from_proc(proc, ev.pid, memory);
         if kill.comm.is_empty() {
-            kill.comm = fs::read_to_string(format!("/proc/{}/comm", ev.pid))
+            kill.comm = fs::read_to_string(proc.join(ev.pid.to_string()).join("comm"))
                 .map(|c| c.trim().to_owned())
                 .unwrap_or_default();
         }
@@ -170,13 +180,14 @@ fn find_by_inode(dir: &Path, path: &str, ino: u64) -> Option<String> {
 }
 
 /// The memory cgroup of `pid` from `/proc/<pid>/cgroup`.
-pub(crate) fn victim_from_proc(pid: u32, memory: &Hierarchy) -> Option<Arc<str>> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+pub(crate) fn victim_from_proc(proc: &Path, pid: u32, memory: &Hierarchy) -> Option<Arc<str>> {
+    let dir = proc.join(pid.to_string());
+    let text = fs::read_to_string(dir.join("cgroup")).ok()?;
     let path = memory.path_of(&text)?;
     // cgroup v1 shows a task that has begun to exit in `/`, whatever its
     // cgroup: after the kill that says nothing (and would charge the root).
     if path == "/" && memory.version == Version::V1 {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let stat = fs::read_to_string(dir.join("stat")).unwrap_or_default();
         if exiting(&stat).unwrap_or(true) {
             return None;
         }

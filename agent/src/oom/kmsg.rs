@@ -24,14 +24,16 @@ use super::{
 };
 use crate::{cgroup::hierarchy::Hierarchy, registry::Msg};
 
-/// Opens `path` (failing early and clearly, e.g. without CAP_SYSLOG) and
-/// starts following it on a thread of its own.
-pub fn spawn(
+/// Opens `path` (failing early and clearly, e.g. without CAP_SYSLOG); the
+/// reader it returns follows it, blocking, until the registry goes away or
+/// a read fails.
+pub fn open(
     path: &Path,
     memory: Option<Hierarchy>,
+    proc: PathBuf,
     stats: Arc<OomStats>,
     tx: mpsc::Sender<Msg>,
-) -> io::Result<()> {
+) -> io::Result<impl FnOnce() + Send + 'static> {
     let mut file = File::open(path)?;
     let is_device = file.metadata()?.file_type().is_char_device();
     if is_device {
@@ -39,11 +41,12 @@ pub fn spawn(
         file.seek(SeekFrom::End(0))?;
     }
     let path = path.to_path_buf();
-    thread::Builder::new().name("cgscope-kmsg".into()).spawn(move || {
+    Ok(move || {
         let mut follower = Follower {
             parser: Parser::new(),
             last_seq: None,
             memory,
+            proc,
             stats,
             tx,
             boot: crate::discovery::walk::boot_time().unwrap_or(SystemTime::UNIX_EPOCH),
@@ -54,16 +57,17 @@ pub fn spawn(
             follower.file(file, &path)
         };
         if let Err(e) = result {
-            tracing::error!(error = %e, path = %path.display(), "reading the kernel log stopped; OOM kills are no longer seen");
+            tracing::error!(error = %e, path = %path.display(), "reading the kernel log failed");
         }
-    })?;
-    Ok(())
+    })
 }
 
 struct Follower {
     parser: Parser,
     last_seq: Option<u64>,
     memory: Option<Hierarchy>,
+    /// Where the victims' `/proc/<pid>` is (`--proc-root`).
+    proc: PathBuf,
     stats: Arc<OomStats>,
     tx: mpsc::Sender<Msg>,
     boot: SystemTime,
@@ -171,7 +175,7 @@ impl Follower {
         // that names the cgroups; the victim may still be in /proc.
         let victim = map(r.task_memcg).or_else(|| {
             let memory = self.memory.as_ref()?;
-            super::ebpf::victim_from_proc(r.pid, memory)
+            super::ebpf::victim_from_proc(&self.proc, r.pid, memory)
         });
         if victim.is_none() {
             self.stats.errors.record(

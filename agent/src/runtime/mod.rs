@@ -131,7 +131,7 @@ const TICK: Duration = Duration::from_secs(1);
 /// the registry when it changed. The path provider comes last and always
 /// answers. This task owns the schedule; lookups run beside it, at most
 /// [`CONCURRENT`] at once.
-pub fn spawn(
+pub async fn run(
     providers: Vec<Arc<dyn Provider>>,
     policy: LabelPolicy,
     refresh: Duration,
@@ -140,85 +140,83 @@ pub fn spawn(
     errors: Arc<ErrorCounts>,
 ) {
     let policy = Arc::new(policy);
-    tokio::spawn(async move {
-        // When to ask again, and how many lookups in a row were not final.
-        let mut due: HashMap<Arc<str>, (Instant, u32)> = HashMap::new();
-        let mut in_flight: HashSet<Arc<str>> = HashSet::new();
-        let (done_tx, mut done) = mpsc::unbounded_channel::<(Arc<str>, Metadata, bool)>();
-        let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT));
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                changed = registry.changed() => if changed.is_err() { return },
-                Some((path, md, final_answer)) = done.recv() => {
-                    in_flight.remove(&path);
-                    let tries = due.get(&path).map_or(0, |d| d.1);
-                    let (after, tries) = if final_answer {
-                        (refresh, 0)
-                    } else {
-                        (RETRY_FIRST.saturating_mul(1 << tries.min(10)).min(RETRY_MAX), tries + 1)
-                    };
-                    due.insert(path.clone(), (Instant::now() + after, tries));
-                    let snapshot = registry.borrow().clone();
-                    let current = snapshot
-                        .containers
-                        .binary_search_by(|c| (*c.path).cmp(&path))
-                        .ok()
-                        .map(|i| &snapshot.containers[i]);
-                    // A runtime that is restarting or briefly down must not
-                    // take away labels it gave: that would end every series
-                    // of its containers and start unlabelled ones.
-                    let keep = current.is_some_and(|c| {
-                        c.metadata.as_deref().is_some_and(|m| {
-                            m.provider != path::NAME && (!final_answer || md.provider == path::NAME)
-                        })
-                    });
-                    let changed = !keep
-                        && current.is_some_and(|c| c.is_live() && c.metadata.as_deref() != Some(&md));
-                    if changed {
-                        let msg = Msg::Metadata { path, metadata: Arc::new(md) };
-                        if tx.send(msg).await.is_err() {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                _ = tick.tick() => {}
-            }
-            let snapshot = registry.borrow_and_update().clone();
-            let now = Instant::now();
-            let live: HashMap<&Arc<str>, &Arc<ContainerInfo>> = snapshot
-                .containers
-                .iter()
-                .filter(|c| c.is_live())
-                .map(|c| (&c.path, c))
-                .collect();
-            due.retain(|p, _| live.contains_key(p));
-            for (path, info) in live {
-                if in_flight.contains(path) || due.get(path).is_some_and(|d| d.0 > now) {
-                    continue;
-                }
-                in_flight.insert(path.clone());
-                let (providers, info, done_tx, errors, permits, policy) = (
-                    providers.clone(),
-                    info.clone(),
-                    done_tx.clone(),
-                    errors.clone(),
-                    permits.clone(),
-                    policy.clone(),
-                );
-                tokio::spawn(async move {
-                    let Ok(_permit) = permits.acquire_owned().await else {
-                        return;
-                    };
-                    let (mut md, final_answer) = lookup(&providers, &info, &errors).await;
-                    md.exported_labels = policy.export(&md.labels);
-                    let _ = done_tx.send((info.path.clone(), md, final_answer));
+    // When to ask again, and how many lookups in a row were not final.
+    let mut due: HashMap<Arc<str>, (Instant, u32)> = HashMap::new();
+    let mut in_flight: HashSet<Arc<str>> = HashSet::new();
+    let (done_tx, mut done) = mpsc::unbounded_channel::<(Arc<str>, Metadata, bool)>();
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT));
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = registry.changed() => if changed.is_err() { return },
+            Some((path, md, final_answer)) = done.recv() => {
+                in_flight.remove(&path);
+                let tries = due.get(&path).map_or(0, |d| d.1);
+                let (after, tries) = if final_answer {
+                    (refresh, 0)
+                } else {
+                    (RETRY_FIRST.saturating_mul(1 << tries.min(10)).min(RETRY_MAX), tries + 1)
+                };
+                due.insert(path.clone(), (Instant::now() + after, tries));
+                let snapshot = registry.borrow().clone();
+                let current = snapshot
+                    .containers
+                    .binary_search_by(|c| (*c.path).cmp(&path))
+                    .ok()
+                    .map(|i| &snapshot.containers[i]);
+                // A runtime that is restarting or briefly down must not
+                // take away labels it gave: that would end every series
+                // of its containers and start unlabelled ones.
+                let keep = current.is_some_and(|c| {
+                    c.metadata.as_deref().is_some_and(|m| {
+                        m.provider != path::NAME && (!final_answer || md.provider == path::NAME)
+                    })
                 });
+                let changed = !keep
+                    && current.is_some_and(|c| c.is_live() && c.metadata.as_deref() != Some(&md));
+                if changed {
+                    let msg = Msg::Metadata { path, metadata: Arc::new(md) };
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
             }
+            _ = tick.tick() => {}
         }
-    });
+        let snapshot = registry.borrow_and_update().clone();
+        let now = Instant::now();
+        let live: HashMap<&Arc<str>, &Arc<ContainerInfo>> = snapshot
+            .containers
+            .iter()
+            .filter(|c| c.is_live())
+            .map(|c| (&c.path, c))
+            .collect();
+        due.retain(|p, _| live.contains_key(p));
+        for (path, info) in live {
+            if in_flight.contains(path) || due.get(path).is_some_and(|d| d.0 > now) {
+                continue;
+            }
+            in_flight.insert(path.clone());
+            let (providers, info, done_tx, errors, permits, policy) = (
+                providers.clone(),
+                info.clone(),
+                done_tx.clone(),
+                errors.clone(),
+                permits.clone(),
+                policy.clone(),
+            );
+            tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                let (mut md, final_answer) = lookup(&providers, &info, &errors).await;
+                md.exported_labels = policy.export(&md.labels);
+                let _ = done_tx.send((info.path.clone(), md, final_answer));
+            });
+        }
+    }
 }
 
 /// The first provider that claims the container and answers, and whether

@@ -1,0 +1,178 @@
+//! The agent's long-lived tasks, watched. Each runs for the life of the
+//! process; one that ends or panics leaves the agent serving stale or
+//! partial data, so the first to end fails `/healthz` with its name and ends
+//! the process, non-zero, for its supervisor (the DaemonSet, systemd) to
+//! restart it.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{Arc, OnceLock},
+};
+
+use tokio::{
+    sync::oneshot,
+    task::{Id, JoinSet},
+};
+
+/// Whether every task still runs; shared with `/healthz`.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<OnceLock<Exit>>);
+
+impl Health {
+    /// The first task that ended, if one did.
+    pub fn failed(&self) -> Option<&Exit> {
+        self.0.get()
+    }
+
+    fn fail(&self, exit: Exit) {
+        // Only the first failure is the cause; the rest follow from it.
+        let _ = self.0.set(exit);
+    }
+}
+
+/// A task that ended, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub task: &'static str,
+    /// The panic's message, if it panicked.
+    pub panic: Option<String>,
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.panic {
+            Some(p) => write!(f, "task {} panicked: {p}", self.task),
+            None => write!(f, "task {} ended", self.task),
+        }
+    }
+}
+
+/// The running tasks, by name.
+#[derive(Default)]
+pub struct Tasks {
+    set: JoinSet<()>,
+    names: HashMap<Id, &'static str>,
+    health: Health,
+}
+
+impl Tasks {
+    pub fn new(health: Health) -> Self {
+        Self {
+            health,
+            ..Self::default()
+        }
+    }
+
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Runs `work` on a thread of its own (blocking reads that would hold a
+    /// pool thread forever), watched like a task.
+    pub fn spawn_thread(
+        &mut self,
+        name: &'static str,
+        work: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (done, ended) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("cgscope-{name}"))
+            .spawn(move || {
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(work));
+                let _ = done.send(outcome.err().map(|p| panic_message(&*p)));
+            })?;
+        self.spawn(name, async move {
+            if let Ok(Some(panic)) = ended.await {
+                // Re-raised here so the JoinSet reports it as this task's.
+                std::panic::resume_unwind(Box::new(panic));
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits for the first task to end (forever while none does), and marks
+    /// the agent unhealthy with it.
+    pub async fn first_exit(&mut self) -> Exit {
+        let Some(joined) = self.set.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (id, panic) = match joined {
+            Ok((id, ())) => (id, None),
+            Err(e) => {
+                let id = e.id();
+                let panic = match e.try_into_panic() {
+                    Ok(p) => panic_message(&*p),
+                    Err(e) => e.to_string(),
+                };
+                (id, Some(panic))
+            }
+        };
+        let exit = Exit {
+            task: self.names.remove(&id).unwrap_or("unnamed"),
+            panic,
+        };
+        self.health.fail(exit.clone());
+        exit
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_first_task_to_end_is_named_and_fails_health() {
+        let health = Health::default();
+        let mut tasks = Tasks::new(health.clone());
+        tasks.spawn("forever", std::future::pending());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tasks.spawn("short", async move {
+            let _ = stopped.await;
+        });
+        assert!(health.failed().is_none());
+        drop(stop);
+        let exit = tasks.first_exit().await;
+        assert_eq!(
+            exit,
+            Exit {
+                task: "short",
+                panic: None
+            }
+        );
+        assert_eq!(health.failed(), Some(&exit));
+        assert_eq!(exit.to_string(), "task short ended");
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_reported_with_its_message_from_a_task_or_a_thread() {
+        let mut tasks = Tasks::new(Health::default());
+        tasks.spawn("task", async { panic!("boom {}", 1) });
+        let exit = tasks.first_exit().await;
+        assert_eq!((exit.task, exit.panic.as_deref()), ("task", Some("boom 1")));
+
+        tasks.spawn_thread("thread", || panic!("bang")).unwrap();
+        let exit = tasks.first_exit().await;
+        assert_eq!((exit.task, exit.panic.as_deref()), ("thread", Some("bang")));
+        assert_eq!(exit.to_string(), "task thread panicked: bang");
+    }
+
+    #[tokio::test]
+    async fn a_thread_that_returns_has_ended() {
+        let mut tasks = Tasks::new(Health::default());
+        tasks.spawn_thread("reader", || {}).unwrap();
+        let exit = tasks.first_exit().await;
+        assert_eq!(exit.to_string(), "task reader ended");
+    }
+}
