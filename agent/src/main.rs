@@ -2,6 +2,7 @@
 
 mod cache;
 mod cgroup;
+mod clock;
 mod collect;
 mod config;
 mod devices;
@@ -11,6 +12,7 @@ mod errors;
 mod events;
 mod export;
 mod machine;
+mod messages;
 mod oom;
 mod registry;
 mod runtime;
@@ -37,10 +39,11 @@ use crate::{
     ebpf::Kernel,
     errors::ErrorCounts,
     events::EventStore,
-    export::metrics::Sources,
+    export::sources::Sources,
     machine::{MachineInfo, MachinePaths},
+    messages::Msg,
     oom::OomStats,
-    registry::{Msg, Registry},
+    registry::Registry,
     status::{Mode, Status, COLLECTOR_MODES, DISCOVERY_MODES},
     supervise::{Health, Tasks},
 };
@@ -326,7 +329,7 @@ async fn run(config: Config) -> Result<()> {
     let (registry, agent_registry) = export::metrics::registries(sources.clone());
 
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
-    let state = export::http::AppState::new(registry, agent_registry, sources, health);
+    let state = export::state::AppState::new(registry, agent_registry, sources, health);
     let (stop, stopping) = oneshot::channel::<()>();
     let mut server = std::pin::pin!(export::http::serve(listener, state, async {
         let _ = stopping.await;

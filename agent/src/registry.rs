@@ -13,37 +13,15 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     cgroup::identity::Identity,
-    discovery::{Change, ChangeKind, DiscoveryStats, WalkResult},
+    discovery::DiscoveryStats,
     events::{Event, EventData, EventType, OomKillData, SharedEvents},
-    oom::{OomKill, OomStats},
+    messages::{Change, ChangeKind, Metadata, Msg, OomKill, WalkResult},
+    oom::OomStats,
 };
-
-pub enum Msg {
-    Changes(Vec<Change>),
-    Walked(WalkResult),
-    Oom(OomKill),
-    /// What the runtime providers know about a container.
-    Metadata {
-        path: Arc<str>,
-        metadata: Arc<crate::runtime::Metadata>,
-    },
-    /// The kernel's count of OOM kills of a container's own tasks, as a
-    /// collection read it (sent when it changes).
-    KernelOomKills {
-        path: Arc<str>,
-        kills: u64,
-    },
-    /// Which container a (hierarchy, cgroup id) pair belongs or belonged to.
-    Resolve {
-        hierarchy: u32,
-        id: u64,
-        reply: oneshot::Sender<Option<Arc<str>>>,
-    },
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerInfo {
@@ -62,7 +40,7 @@ pub struct ContainerInfo {
     /// OOMs where this was the memory cgroup that ran out.
     pub ooms: u64,
     /// Name, image and Kubernetes labels from the runtime providers.
-    pub metadata: Option<Arc<crate::runtime::Metadata>>,
+    pub metadata: Option<Arc<Metadata>>,
 }
 
 impl ContainerInfo {
@@ -321,7 +299,7 @@ impl Registry {
     fn reconcile(&mut self, walk: WalkResult) -> bool {
         let repair = self.walked_once;
         self.walked_once = true;
-        let mut seen: HashMap<Arc<str>, Vec<&crate::discovery::Found>> = HashMap::new();
+        let mut seen: HashMap<Arc<str>, Vec<&crate::messages::Found>> = HashMap::new();
         for f in &walk.found {
             seen.entry(f.path.clone()).or_default().push(f);
         }
@@ -544,9 +522,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        discovery::Found,
         events::{parse_age_policy, parse_count_policy, EventStore},
+        messages::Found,
     };
+    use tokio::sync::oneshot;
 
     fn registry(retention: Duration) -> Registry {
         let events = EventStore::new(

@@ -4,6 +4,7 @@ mod bench;
 mod build_ebpf;
 mod cmd;
 mod fuzz;
+mod modules;
 mod provision;
 mod run;
 mod test;

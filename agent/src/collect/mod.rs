@@ -44,7 +44,8 @@ use crate::{
     },
     config::Groups,
     errors::ErrorCounts,
-    registry::{Msg, Snapshot},
+    messages::Msg,
+    registry::Snapshot,
 };
 
 /// Everything a collection needs, shared by the blocking tasks.

@@ -1,9 +1,6 @@
 //! cgroup mkdir/rmdir from the kernel's tracepoints, through a ring buffer.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::sync::Arc;
 
 use agent_common::{CgroupEvent, CGROUP_EVENT_FLAG_TRUNCATED, CGROUP_EVENT_MKDIR};
 use aya::maps::{MapData, RingBuf};
@@ -12,8 +9,12 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{Change, ChangeKind, DiscoveryStats, Filter};
-use crate::{cgroup::hierarchy::Hierarchies, registry::Msg};
+use super::{DiscoveryStats, Filter};
+use crate::{
+    cgroup::hierarchy::Hierarchies,
+    clock::BootClock,
+    messages::{Change, ChangeKind, Msg},
+};
 
 /// Reads the ring buffer until the registry goes away.
 pub async fn run(
@@ -51,24 +52,6 @@ pub async fn run(
         if !batch.is_empty() && tx.send(Msg::Changes(batch)).await.is_err() {
             return;
         }
-    }
-}
-
-/// Turns kernel boot-clock nanoseconds into wall-clock time.
-#[derive(Debug, Clone, Copy)]
-pub struct BootClock {
-    boot: SystemTime,
-}
-
-impl BootClock {
-    pub fn now() -> Self {
-        Self {
-            boot: super::walk::boot_time().unwrap_or(SystemTime::UNIX_EPOCH),
-        }
-    }
-
-    pub fn wall(&self, boot_ns: u64) -> SystemTime {
-        self.boot + Duration::from_nanos(boot_ns)
     }
 }
 
@@ -144,6 +127,7 @@ mod tests {
 
     use super::*;
     use crate::cgroup::hierarchy::{Hierarchy, Version};
+    use std::time::{Duration, SystemTime};
 
     fn event(kind: u32, hierarchy: u32, path: &[u8], flags: u32) -> Vec<u8> {
         let mut ev = CgroupEvent {
@@ -184,9 +168,7 @@ mod tests {
     #[test]
     fn decodes_records() {
         let (hs, stats) = (hierarchies(), DiscoveryStats::default());
-        let clock = BootClock {
-            boot: SystemTime::UNIX_EPOCH,
-        };
+        let clock = BootClock::booted_at(SystemTime::UNIX_EPOCH);
         let f = Filter::new(&[]);
         let c = decode(
             &event(CGROUP_EVENT_MKDIR, 4, b"/a/b", 0),

@@ -19,8 +19,11 @@ use tokio::{
     sync::{mpsc, Notify},
 };
 
-use super::{join, Change, ChangeKind, DiscoveryStats, Filter};
-use crate::{cgroup::hierarchy::Hierarchies, registry::Msg};
+use super::{DiscoveryStats, Filter};
+use crate::{
+    cgroup::hierarchy::Hierarchies,
+    messages::{join, Change, ChangeKind, Msg},
+};
 
 const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::DELETE)

@@ -6,53 +6,9 @@ pub mod ebpf;
 pub mod inotify;
 pub mod walk;
 
-use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::SystemTime,
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::errors::ErrorCounts;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeKind {
-    Added,
-    Removed,
-}
-
-/// One directory appeared or disappeared in one hierarchy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub kind: ChangeKind,
-    pub hierarchy: u32,
-    /// Kernfs id (inode); 0 when the source does not know it.
-    pub id: u64,
-    /// Relative to the hierarchy's mount, always starting with `/`.
-    pub path: Arc<str>,
-    pub at: SystemTime,
-    /// `at` is the kernel's own timestamp of the event.
-    pub kernel_time: bool,
-}
-
-/// What the walk found in one hierarchy directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub hierarchy: u32,
-    pub id: u64,
-    pub path: Arc<str>,
-    /// Best known creation time (see `walk::creation_time`).
-    pub created: SystemTime,
-}
-
-/// A full listing of every hierarchy.
-#[derive(Debug, Clone)]
-pub struct WalkResult {
-    pub started: std::time::Instant,
-    pub hierarchies: Vec<u32>,
-    pub found: Vec<Found>,
-}
 
 /// Which cgroups are tracked: `/` always; never a systemd `.mount` unit (or
 /// anything below one); with a prefix whitelist, only paths under it.
@@ -148,15 +104,6 @@ pub fn subdirs(dir: &std::path::Path, stats: &DiscoveryStats) -> Vec<String> {
         .collect()
 }
 
-/// Joins a hierarchy-relative parent path and a child name.
-pub fn join(parent: &str, name: &str) -> String {
-    if parent == "/" {
-        format!("/{name}")
-    } else {
-        format!("{parent}/{name}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +124,5 @@ mod tests {
             some.descend("/system.slice"),
             "walks below to find nothing, cheaply"
         );
-        assert_eq!(join("/", "a"), "/a");
-        assert_eq!(join("/a", "b"), "/a/b");
     }
 }

@@ -10,8 +10,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{join, subdirs, DiscoveryStats, Filter, Found, WalkResult};
-use crate::cgroup::hierarchy::Hierarchies;
+use super::{subdirs, DiscoveryStats, Filter};
+use crate::{
+    cgroup::hierarchy::Hierarchies,
+    clock::boot_time,
+    messages::{join, Found, WalkResult},
+};
 
 /// Lists every cgroup directory of every hierarchy. Directories that vanish
 /// mid-walk are skipped; names that are not UTF-8 are counted and skipped.
@@ -74,19 +78,6 @@ fn earliest_task_start(dir: &Path) -> Option<SystemTime> {
         .filter_map(|pid| procfs::process::Process::new(pid).ok()?.stat().ok())
         .map(|stat| boot + Duration::from_secs_f64(stat.starttime as f64 / tps))
         .min()
-}
-
-/// Wall-clock time of boot, from CLOCK_BOOTTIME.
-pub fn boot_time() -> Option<SystemTime> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
-        return None;
-    }
-    SystemTime::now().checked_sub(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 #[cfg(test)]

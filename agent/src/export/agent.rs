@@ -5,7 +5,10 @@ use std::fmt;
 use agent_common::counter;
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
-use super::metrics::{Family, Sources, NO_LABELS};
+use super::{
+    family::{Family, NO_LABELS},
+    sources::Sources,
+};
 use crate::{discovery::load, events::EventType, registry::Snapshot};
 
 pub fn encode(encoder: &mut DescriptorEncoder, s: &Sources, snapshot: &Snapshot) -> fmt::Result {

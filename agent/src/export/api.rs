@@ -10,7 +10,7 @@ use axum::{
 };
 use serde_json::json;
 
-use super::http::AppState;
+use super::state::AppState;
 use crate::events::{EventQuery, EventType};
 
 /// A 4xx/5xx with a JSON body that says what was wrong.

@@ -10,7 +10,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{api::ApiError, http::AppState};
+use super::{api::ApiError, state::AppState};
 use crate::{
     cgroup::stats::Sample,
     events::is_same_or_below,

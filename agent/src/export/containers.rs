@@ -10,7 +10,7 @@ use prometheus_client::{
     metrics::MetricType,
 };
 
-use super::metrics::Family;
+use super::family::{Family, NO_LABELS};
 use crate::registry::{ContainerInfo, Snapshot};
 
 /// A container with its kubelet labels (`/metrics/cadvisor`: `container`,
@@ -28,7 +28,7 @@ pub struct Labeled<'a> {
 impl<'a> Labeled<'a> {
     pub fn new(info: &'a ContainerInfo) -> Self {
         let md = info.metadata.as_deref();
-        let get = |f: fn(&crate::runtime::Metadata) -> &str| md.map_or("", f);
+        let get = |f: fn(&crate::messages::Metadata) -> &str| md.map_or("", f);
         let mut head = String::with_capacity(96 + info.path.len());
         for (key, value) in [
             ("container", get(|m| &m.container)),
@@ -186,7 +186,7 @@ pub fn encode(
         None,
         MetricType::Gauge,
     )?
-    .gauge(&super::metrics::NO_LABELS, 0)?;
+    .gauge(&NO_LABELS, 0)?;
     Ok(())
 }
 
@@ -201,7 +201,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::runtime::Metadata;
+    use crate::messages::Metadata;
 
     /// Writes one gauge with the pre-rendered labels and one with
     /// prometheus-client's own encoding of the same pairs.

@@ -11,7 +11,7 @@ use std::{
 
 use prometheus_client::encoding::prometheus_text;
 
-use super::metrics::{registry, Sources};
+use super::{metrics::registry, sources::Sources};
 use crate::{
     cache::StatsCache,
     cgroup::{

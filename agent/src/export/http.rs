@@ -20,12 +20,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tower_http::{compression::CompressionLayer, timeout::TimeoutLayer};
 
-use super::api;
-use super::{api_v2, metrics::Sources};
-use crate::supervise::Health;
+use super::{api, api_v2, state::AppState};
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -66,39 +64,6 @@ impl Format {
     }
 }
 
-/// What the handlers read.
-#[derive(Clone)]
-pub struct AppState {
-    /// `/metrics`, in parts encoded at once (see `metrics::Part`).
-    pub registry: Arc<[Registry]>,
-    /// Machine and self-metrics only: cheap to scrape often.
-    pub agent_registry: Arc<[Registry]>,
-    pub sources: Arc<Sources>,
-    pub scrape_permits: Arc<Semaphore>,
-    pub health: Health,
-}
-
-impl AppState {
-    pub fn new(
-        registry: Vec<Registry>,
-        agent_registry: Registry,
-        sources: Arc<Sources>,
-        health: Health,
-    ) -> Self {
-        Self {
-            registry: registry.into(),
-            agent_registry: Arc::new([agent_registry]),
-            sources,
-            scrape_permits: Arc::new(Semaphore::new(CONCURRENT_SCRAPES)),
-            health,
-        }
-    }
-}
-
-/// Scrapes encoded at once; more wait up to [`SCRAPE_WAIT`], then get 503.
-/// Each holds one response in memory, so this bounds the memory scrapes
-/// can take.
-const CONCURRENT_SCRAPES: usize = 4;
 const SCRAPE_WAIT: Duration = Duration::from_secs(10);
 /// Every request, slow clients included, ends after this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -301,7 +266,11 @@ mod tests {
 
     #[tokio::test]
     async fn healthz_fails_with_the_task_that_ended_when_the_registry_loses_its_input() {
-        use crate::{registry::Registry, supervise::Tasks};
+        use super::super::sources::Sources;
+        use crate::{
+            registry::Registry,
+            supervise::{Health, Tasks},
+        };
         use http_body_util::BodyExt as _;
         use tower::ServiceExt as _;
 

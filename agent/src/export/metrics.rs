@@ -4,86 +4,14 @@
 use std::{fmt, sync::Arc};
 
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder},
-    metrics::MetricType,
-    registry::{Registry, Unit},
-};
-use tokio::sync::watch;
-
-use crate::{
-    discovery::DiscoveryStats, ebpf::KernelCounters, events::SharedEvents, machine::MachineInfo,
-    registry::Snapshot, status::Status,
+    collector::Collector, encoding::DescriptorEncoder, metrics::MetricType, registry::Registry,
 };
 
-pub(crate) const NO_LABELS: [(&str, &str); 0] = [];
-
-/// Inputs of the collector; each is owned and updated by its own task.
-#[derive(Debug, Clone)]
-pub struct Sources {
-    pub machine: watch::Receiver<Option<Arc<MachineInfo>>>,
-    pub status: Arc<Status>,
-    pub registry: watch::Receiver<Arc<Snapshot>>,
-    pub discovery: Arc<DiscoveryStats>,
-    pub events: SharedEvents,
-    pub kernel: Option<Arc<KernelCounters>>,
-    pub oom: Arc<crate::oom::OomStats>,
-    pub cache: Arc<crate::cache::StatsCache>,
-    pub groups: crate::config::Groups,
-    pub devices: Arc<crate::devices::DeviceNames>,
-    pub collect: Option<Arc<crate::collect::Collector>>,
-    pub http: Arc<HttpStats>,
-    pub runtime_errors: Arc<crate::errors::ErrorCounts>,
-}
-
-#[cfg(test)]
-impl Sources {
-    /// Sources with fixed machine, registry and cache contents and empty
-    /// counters, for encoding tests.
-    pub fn for_tests(
-        machine: Option<MachineInfo>,
-        snapshot: Snapshot,
-        cache: Arc<crate::cache::StatsCache>,
-        groups: crate::config::Groups,
-        status: Status,
-    ) -> Self {
-        let (_tx, machine) = watch::channel(machine.map(Arc::new));
-        let (_tx, registry) = watch::channel(Arc::new(snapshot));
-        Self {
-            machine,
-            status: Arc::new(status),
-            registry,
-            discovery: Arc::default(),
-            events: crate::events::EventStore::new(
-                crate::events::parse_count_policy("").unwrap(),
-                crate::events::parse_age_policy("").unwrap(),
-            )
-            .shared(),
-            kernel: None,
-            oom: Arc::default(),
-            cache,
-            groups,
-            devices: Arc::new(crate::devices::DeviceNames::new(std::path::Path::new(
-                "/proc",
-            ))),
-            collect: None,
-            http: Arc::default(),
-            runtime_errors: Arc::new(crate::errors::ErrorCounts::new("runtime")),
-        }
-    }
-}
-
-/// The HTTP server's own numbers (of the previous scrape: a scrape cannot
-/// report its own duration).
-#[derive(Debug, Default)]
-pub struct HttpStats {
-    pub scrapes: std::sync::atomic::AtomicU64,
-    pub rejected: std::sync::atomic::AtomicU64,
-    pub last_duration_ns: std::sync::atomic::AtomicU64,
-    pub last_bytes: std::sync::atomic::AtomicU64,
-    /// Size of each part of the last `/metrics`, to size the next.
-    pub last_part_bytes: [std::sync::atomic::AtomicU64; 2],
-}
+use super::{
+    family::{Family, NO_LABELS},
+    sources::Sources,
+};
+use crate::{machine::MachineInfo, status::Status};
 
 /// Which families a collector writes. `/metrics` is encoded as two parts
 /// on two threads at once and the texts joined (no family spans both), so
@@ -141,43 +69,6 @@ pub fn registry(sources: Sources) -> Registry {
         part: Part::Whole,
     }));
     r
-}
-
-/// Writes one family: one descriptor, then its rows.
-pub(crate) struct Family<'a> {
-    enc: MetricEncoder<'a>,
-}
-
-impl<'a> Family<'a> {
-    pub fn new(
-        encoder: &'a mut DescriptorEncoder<'_>,
-        name: &'a str,
-        help: &str,
-        unit: Option<&'a Unit>,
-        ty: MetricType,
-    ) -> Result<Self, fmt::Error> {
-        Ok(Self {
-            enc: encoder.encode_descriptor(name, help, unit, ty)?,
-        })
-    }
-
-    pub fn counter<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeCounterValue>(
-        &mut self,
-        labels: &L,
-        value: V,
-    ) -> fmt::Result {
-        self.enc
-            .encode_family(labels)?
-            .encode_counter::<prometheus_client::encoding::NoLabelSet, V, u64>(&value, None)
-    }
-
-    pub fn gauge<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue>(
-        &mut self,
-        labels: &L,
-        value: V,
-    ) -> fmt::Result {
-        self.enc.encode_family(labels)?.encode_gauge(&value)
-    }
 }
 
 impl Collector for AgentCollector {
@@ -326,7 +217,10 @@ mod tests {
     use prometheus_client::encoding::{prometheus_text, text};
 
     use super::*;
-    use crate::status::{Mode, DISCOVERY_MODES};
+    use crate::{
+        registry::Snapshot,
+        status::{Mode, DISCOVERY_MODES},
+    };
 
     fn sources(machine: Option<MachineInfo>) -> Sources {
         let status = Status {

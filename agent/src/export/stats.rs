@@ -11,7 +11,7 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use super::{
     containers::{labels, Labeled},
-    metrics::Family,
+    family::Family,
 };
 use crate::{
     cgroup::stats::{Interface, Memory, Sample},
@@ -608,7 +608,7 @@ fn hugetlb(enc: &mut DescriptorEncoder, rows: &Rows) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{cgroup::stats::Interface, registry::ContainerInfo, runtime::Metadata};
+    use crate::{cgroup::stats::Interface, messages::Metadata, registry::ContainerInfo};
 
     fn container(path: &str, sandbox: Option<bool>) -> ContainerInfo {
         ContainerInfo {

@@ -15,11 +15,11 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::{comm_str, OomKill, OomStats};
+use super::{comm_str, OomStats};
 use crate::{
     cgroup::hierarchy::{Hierarchies, Hierarchy, Version},
-    discovery::{ebpf::BootClock, join},
-    registry::Msg,
+    clock::BootClock,
+    messages::{join, Msg, OomKill},
 };
 
 /// Reads the ring buffer until the registry goes away; `proc` is where the

@@ -20,9 +20,12 @@ use tokio::sync::mpsc;
 
 use super::{
     parser::{parse_record, KillReport, Parser},
-    OomKill, OomStats,
+    OomStats,
 };
-use crate::{cgroup::hierarchy::Hierarchy, registry::Msg};
+use crate::{
+    cgroup::hierarchy::Hierarchy,
+    messages::{Msg, OomKill},
+};
 
 /// Opens `path` (failing early and clearly, e.g. without CAP_SYSLOG); the
 /// reader it returns follows it, blocking, until the registry goes away or
@@ -49,7 +52,7 @@ pub fn open(
             proc,
             stats,
             tx,
-            boot: crate::discovery::walk::boot_time().unwrap_or(SystemTime::UNIX_EPOCH),
+            boot: crate::clock::boot_time().unwrap_or(SystemTime::UNIX_EPOCH),
         };
         let result = if is_device {
             follower.device(file)

@@ -1,35 +1,15 @@
 //! OOM kills: from the kernel's `mark_victim` tracepoint through eBPF, or
 //! from the kernel log (`/dev/kmsg`) as the fallback. Both end as an
-//! [`OomKill`] with container paths, which the registry counts against the
+//! [`OomKill`](crate::messages::OomKill) with container paths, which the registry counts against the
 //! containers (and keeps for their retention) and turns into events.
 
 pub mod ebpf;
 pub mod kmsg;
 pub mod parser;
 
-use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::SystemTime,
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::errors::ErrorCounts;
-
-/// One killed task, attributed to containers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OomKill {
-    pub at: SystemTime,
-    pub pid: u32,
-    pub comm: String,
-    /// The killed task's container (cgroup path); `None` when it could not
-    /// be resolved.
-    pub victim: Option<Arc<str>>,
-    /// The memory cgroup whose limit was hit; `/` for a global OOM.
-    pub oom: Option<Arc<str>>,
-    pub constraint: String,
-}
+use crate::{errors::ErrorCounts, messages::OomKill};
 
 pub const OOM_MODES: &[&str] = &["ebpf", "kmsg", "none"];
 

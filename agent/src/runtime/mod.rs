@@ -14,7 +14,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use thiserror::Error;
@@ -22,28 +22,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     errors::ErrorCounts,
-    registry::{ContainerInfo, Msg, Snapshot},
+    messages::{Metadata, Msg},
+    registry::{ContainerInfo, Snapshot},
 };
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Metadata {
-    /// The `name` label: the runtime's name, else the container id.
-    pub name: String,
-    pub image: String,
-    pub pod: String,
-    pub namespace: String,
-    /// The `container` label (Kubernetes container name).
-    pub container: String,
-    pub labels: BTreeMap<String, String>,
-    pub started_at: Option<SystemTime>,
-    /// A Kubernetes pod's sandbox (pause) container: the one whose network
-    /// series stand for the pod.
-    pub sandbox: bool,
-    /// Which provider said so.
-    pub provider: &'static str,
-    /// `container_label_<key>` pairs the label policy exports.
-    pub exported_labels: Vec<(String, String)>,
-}
 
 /// Which runtime labels become `container_label_*` series labels: none by
 /// default (the kubelet's fixed set), all, or a list. Environment variables
