@@ -9,6 +9,16 @@
 /// flagged as truncated and the periodic walk adds them.
 pub const CGROUP_PATH_CAP: usize = 512;
 
+/// The cgroup event ring: 4 MiB hold about 7,600 events (760 containers
+/// created at once in all ten v1 hierarchies) while the reader drains it; a
+/// burst beyond that is counted as drops and repaired by the walk. The
+/// kernel maps the data twice, so this costs 8 MiB of the agent's resident
+/// memory once used.
+pub const CGROUP_RINGBUF_BYTES: u32 = 4 << 20;
+
+/// The OOM event ring (about 1,000 records).
+pub const OOM_RINGBUF_BYTES: u32 = 64 << 10;
+
 /// A cgroup directory was created.
 pub const CGROUP_EVENT_MKDIR: u32 = 1;
 /// A cgroup directory was removed.
@@ -156,6 +166,145 @@ pub struct CgroupStats {
     pub cpu_burst_ns: u64,
 }
 
+/// Names the agent and the programs share: maps, programs and the offsets
+/// globals, so a typo is a compile error on one side, not a load failure.
+pub mod names {
+    /// Ring buffer of [`CgroupEvent`](super::CgroupEvent)s.
+    pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
+    /// Ring buffer of [`OomEvent`](super::OomEvent)s.
+    pub const OOM_EVENTS: &str = "OOM_EVENTS";
+    /// Per-CPU event, drop and error counters ([`counter`](super::counter)).
+    pub const COUNTERS: &str = "COUNTERS";
+    /// The iterator's output array of [`CgroupStats`](super::CgroupStats).
+    pub const CGROUP_STATS: &str = "CGROUP_STATS";
+
+    /// Programs, by the function names the eBPF side gives them.
+    pub const CGROUP_MKDIR_BTF: &str = "cgroup_mkdir_btf";
+    pub const CGROUP_RMDIR_BTF: &str = "cgroup_rmdir_btf";
+    pub const CGROUP_MKDIR_TP: &str = "cgroup_mkdir";
+    pub const CGROUP_RMDIR_TP: &str = "cgroup_rmdir";
+    pub const MARK_VICTIM_BTF: &str = "mark_victim_btf";
+    pub const MARK_VICTIM_TP: &str = "mark_victim_tp";
+    pub const CGROUP_STATS_ITER: &str = "cgroup_stats";
+
+    /// Globals, one per program family (see [`offsets`](super::offsets)).
+    pub const CGROUP_TP_OFFSETS: &str = "CGROUP_TP_OFFSETS";
+    pub const CGROUP_BTF_OFFSETS: &str = "CGROUP_BTF_OFFSETS";
+    pub const OOM_BTF_OFFSETS: &str = "OOM_BTF_OFFSETS";
+    pub const OOM_TP_OFFSETS: &str = "OOM_TP_OFFSETS";
+    pub const ITER_OFFSETS: &str = "ITER_OFFSETS";
+}
+
+/// What the programs cannot know when they are built: byte offsets in
+/// tracepoint records (from tracefs) and in kernel structures (from BTF),
+/// one struct per program family, set by the agent at load time with one
+/// global each. A zero offset means the program family is not usable and
+/// is not attached.
+pub mod offsets {
+    /// The classic `cgroup:cgroup_mkdir`/`cgroup_rmdir` record.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct CgroupTp {
+        pub root: u32,
+        pub level: u32,
+        pub id: u32,
+        /// 4 or 8 bytes, by kernel.
+        pub id_size: u32,
+        /// The `__data_loc` word of the path.
+        pub path: u32,
+    }
+
+    /// `struct cgroup` and its kernfs node, for the `tp_btf` programs.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct CgroupBtf {
+        pub root: u32,
+        pub hierarchy_id: u32,
+        pub level: u32,
+        pub kn: u32,
+        pub kn_id: u32,
+    }
+
+    /// The victim task and its memory cgroup's ancestry, for
+    /// `tp_btf/mark_victim` (and the classic one's limit search).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct OomBtf {
+        pub task_pid: u32,
+        pub task_tgid: u32,
+        pub task_comm: u32,
+        pub task_cgroups: u32,
+        /// `css_set.subsys[memory_cgrp_id]`.
+        pub css_set_memory: u32,
+        pub css_cgroup: u32,
+        pub css_parent: u32,
+        pub cgroup_kn: u32,
+        pub kn_id: u32,
+        /// `mem_cgroup.memory` usage and max (a `page_counter`).
+        pub memcg_usage: u32,
+        pub memcg_max: u32,
+        /// `mem_cgroup.memsw` (v1); 0 where there is none.
+        pub memsw_usage: u32,
+        pub memsw_max: u32,
+    }
+
+    /// The classic `oom:mark_victim` record.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct OomTp {
+        pub pid: u32,
+        /// The `__data_loc` word of the comm; 0 before 6.8 (pid only).
+        pub comm: u32,
+    }
+
+    /// Every structure the `iter/cgroup` program reads; each controller's
+    /// offsets are 0 where the kernel lacks it.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Iter {
+        pub cgroup_kn: u32,
+        pub kn_id: u32,
+        pub cgroup_level: u32,
+        /// `cgroup.self.parent`: the parent's css, whose `cgroup` is the parent.
+        pub cgroup_parent_css: u32,
+        pub css_cgroup: u32,
+        /// `cgroup.subsys[memory_cgrp_id]`; the `mem_*`, `kmem_*` and
+        /// `memsw_*` offsets are from that css.
+        pub cgroup_memory: u32,
+        pub mem_usage: u32,
+        pub mem_max: u32,
+        pub mem_watermark: u32,
+        pub mem_failcnt: u32,
+        pub mem_soft_limit: u32,
+        pub kmem_usage: u32,
+        pub memsw_usage: u32,
+        pub memsw_max: u32,
+        pub memsw_watermark: u32,
+        /// `cgroup.subsys[cpuacct_cgrp_id]`, and `cpuacct.cpuusage` from that css.
+        pub cgroup_cpuacct: u32,
+        pub cpuacct_usage: u32,
+        /// `cgroup.subsys[pids_cgrp_id]`, and `pids_cgroup.counter`, `.limit`.
+        pub cgroup_pids: u32,
+        pub pids_counter: u32,
+        pub pids_limit: u32,
+        /// `cgroup.subsys[cpu_cgrp_id]`, and from that css (a `task_group`):
+        /// `shares` and `cfs_bandwidth`'s members.
+        pub cgroup_cpu: u32,
+        pub tg_shares: u32,
+        pub cfs_quota: u32,
+        pub cfs_period: u32,
+        pub cfs_nr_periods: u32,
+        pub cfs_nr_throttled: u32,
+        pub cfs_throttled_time: u32,
+        pub cfs_nr_burst: u32,
+        pub cfs_burst_time: u32,
+        /// `bpf_array.pptrs`: the per-CPU pointer of the probe array's element.
+        pub array_pptrs: u32,
+        /// Possible CPUs (0 disables cpuacct).
+        pub nr_cpus: u32,
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain old data, every bit pattern is valid.
@@ -164,4 +313,14 @@ mod user {
     unsafe impl aya::Pod for super::CgroupEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OomEvent {}
+    // SAFETY: `#[repr(C)]` structs of `u32`s, no padding.
+    unsafe impl aya::Pod for super::offsets::CgroupTp {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::offsets::CgroupBtf {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::offsets::OomBtf {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::offsets::OomTp {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::offsets::Iter {}
 }

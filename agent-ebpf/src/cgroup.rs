@@ -6,7 +6,8 @@
 
 use agent_common::{
     CGROUP_EVENT_FLAG_TRUNCATED, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RMDIR, CGROUP_PATH_CAP,
-    CgroupEvent, counter,
+    CGROUP_RINGBUF_BYTES,
+    CgroupEvent, counter, offsets,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -16,9 +17,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-/// Sized by the agent at load time (`map_max_entries`).
 #[map]
-static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(CGROUP_RINGBUF_BYTES, 0);
 
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
@@ -26,28 +26,24 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cou
 // Record layout of the cgroup event class, overridden from tracefs. The
 // defaults are the 5.x+ layout and are never relied upon.
 #[unsafe(no_mangle)]
-static CG_ROOT_OFF: u32 = 8;
-#[unsafe(no_mangle)]
-static CG_LEVEL_OFF: u32 = 12;
-#[unsafe(no_mangle)]
-static CG_ID_OFF: u32 = 16;
-#[unsafe(no_mangle)]
-static CG_ID_SIZE: u32 = 8;
-#[unsafe(no_mangle)]
-static CG_PATH_OFF: u32 = 24;
+static CGROUP_TP_OFFSETS: offsets::CgroupTp = offsets::CgroupTp {
+    root: 8,
+    level: 12,
+    id: 16,
+    id_size: 8,
+    path: 24,
+};
 
 // `struct cgroup` offsets from BTF (agent/src/ebpf/layout.rs), for the
 // tp_btf programs.
 #[unsafe(no_mangle)]
-static CGB_ROOT_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static CGB_HIERARCHY_ID_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static CGB_LEVEL_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static CGB_KN_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static CGB_KN_ID_OFF: u32 = 0;
+static CGROUP_BTF_OFFSETS: offsets::CgroupBtf = offsets::CgroupBtf {
+    root: 0,
+    hierarchy_id: 0,
+    level: 0,
+    kn: 0,
+    kn_id: 0,
+};
 
 #[inline(always)]
 pub(crate) fn global(v: &'static u32) -> u32 {
@@ -131,12 +127,12 @@ unsafe fn fill_btf(
     ev: *mut CgroupEvent,
 ) -> Result<(), i64> {
     unsafe {
-        let root: *const u8 = read(cgrp, global(&CGB_ROOT_OFF))?;
-        let kn: *const u8 = read(cgrp, global(&CGB_KN_OFF))?;
+        let root: *const u8 = read(cgrp, global(&CGROUP_BTF_OFFSETS.root))?;
+        let kn: *const u8 = read(cgrp, global(&CGROUP_BTF_OFFSETS.kn))?;
         (*ev).kind = kind;
-        (*ev).hierarchy = read::<i32>(root, global(&CGB_HIERARCHY_ID_OFF))? as u32;
-        (*ev).level = read::<i32>(cgrp, global(&CGB_LEVEL_OFF))? as u32;
-        (*ev).id = read::<u64>(kn, global(&CGB_KN_ID_OFF))?;
+        (*ev).hierarchy = read::<i32>(root, global(&CGROUP_BTF_OFFSETS.hierarchy_id))? as u32;
+        (*ev).level = read::<i32>(cgrp, global(&CGROUP_BTF_OFFSETS.level))? as u32;
+        (*ev).id = read::<u64>(kn, global(&CGROUP_BTF_OFFSETS.kn_id))?;
         (*ev).boot_ns = bpf_ktime_get_boot_ns();
         (*ev)._pad = 0;
         let dst = core::ptr::addr_of_mut!((*ev).path) as *mut core::ffi::c_void;
@@ -177,16 +173,16 @@ fn emit(ctx: &TracePointContext, kind: u32) {
 
 #[inline(always)]
 fn fill(ctx: &TracePointContext, kind: u32, ev: *mut CgroupEvent) -> Result<(), i32> {
-    let root: i32 = unsafe { ctx.read_at(global(&CG_ROOT_OFF) as usize)? };
-    let level: i32 = unsafe { ctx.read_at(global(&CG_LEVEL_OFF) as usize)? };
-    let id: u64 = if global(&CG_ID_SIZE) == 8 {
-        unsafe { ctx.read_at(global(&CG_ID_OFF) as usize)? }
+    let root: i32 = unsafe { ctx.read_at(global(&CGROUP_TP_OFFSETS.root) as usize)? };
+    let level: i32 = unsafe { ctx.read_at(global(&CGROUP_TP_OFFSETS.level) as usize)? };
+    let id: u64 = if global(&CGROUP_TP_OFFSETS.id_size) == 8 {
+        unsafe { ctx.read_at(global(&CGROUP_TP_OFFSETS.id) as usize)? }
     } else {
-        u64::from(unsafe { ctx.read_at::<u32>(global(&CG_ID_OFF) as usize)? })
+        u64::from(unsafe { ctx.read_at::<u32>(global(&CGROUP_TP_OFFSETS.id) as usize)? })
     };
     // __data_loc: low 16 bits offset from the record start, high 16 length
     // (including the NUL).
-    let loc: u32 = unsafe { ctx.read_at(global(&CG_PATH_OFF) as usize)? };
+    let loc: u32 = unsafe { ctx.read_at(global(&CGROUP_TP_OFFSETS.path) as usize)? };
     let (off, len) = ((loc & 0xffff) as usize, (loc >> 16) as usize);
     let mut flags = 0;
     let mut n = len;

@@ -10,7 +10,7 @@
 use agent_common::{
     CgroupStats, STATS_CAPACITY, STATS_FLAG_CPU, STATS_FLAG_CPU_BURST, STATS_FLAG_CPUACCT,
     STATS_FLAG_KMEM, STATS_FLAG_MEMORY, STATS_FLAG_MEMSW, STATS_FLAG_OVERFLOW, STATS_FLAG_PIDS,
-    STATS_FLAG_SOFT_LIMIT,
+    STATS_FLAG_SOFT_LIMIT, offsets,
 };
 use aya_ebpf::{
     helpers::generated::{bpf_map_lookup_percpu_elem, bpf_probe_read_kernel},
@@ -39,76 +39,41 @@ static PERCPU_PROBE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CPU_OFFSETS: Array<u64> = Array::with_max_entries(MAX_CPUS, 0);
 
+/// Set from BTF (agent/src/ebpf/iter.rs; see `agent_common::offsets::Iter`).
 #[unsafe(no_mangle)]
-static IT_CGROUP_KN_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_KN_ID_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_CGROUP_LEVEL_OFF: u32 = 0;
-/// `cgroup.self.parent`: the parent's css, whose `cgroup` is the parent.
-#[unsafe(no_mangle)]
-static IT_CGROUP_PARENT_CSS_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_CSS_CGROUP_OFF: u32 = 0;
-/// `cgroup.subsys[memory_cgrp_id]`; offsets below are from that css.
-#[unsafe(no_mangle)]
-static IT_CGROUP_MEMORY_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_MEM_USAGE_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_MEM_MAX_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_MEM_WATERMARK_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_MEM_FAILCNT_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_MEM_SOFT_LIMIT_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_KMEM_USAGE_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_MEMSW_USAGE_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_MEMSW_MAX_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_MEMSW_WATERMARK_OFF: u32 = 0;
-/// `cgroup.subsys[cpuacct_cgrp_id]`, and `cpuacct.cpuusage` from that css.
-#[unsafe(no_mangle)]
-static IT_CGROUP_CPUACCT_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_CPUACCT_USAGE_OFF: u32 = 0;
-/// `cgroup.subsys[pids_cgrp_id]`, and `pids_cgroup.counter`, `.limit`.
-#[unsafe(no_mangle)]
-static IT_CGROUP_PIDS_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_PIDS_COUNTER_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_PIDS_LIMIT_OFF: u32 = 0;
-/// `cgroup.subsys[cpu_cgrp_id]`, and from that css (a `task_group`):
-/// `shares` and `cfs_bandwidth`'s members.
-#[unsafe(no_mangle)]
-static IT_CGROUP_CPU_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_TG_SHARES_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_CFS_QUOTA_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_CFS_PERIOD_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_CFS_NR_PERIODS_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_CFS_NR_THROTTLED_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_CFS_THROTTLED_TIME_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_CFS_NR_BURST_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static IT_CFS_BURST_TIME_OFF: u32 = 0;
-/// `bpf_array.pptrs`: the per-CPU pointer of `PERCPU_PROBE`'s element.
-#[unsafe(no_mangle)]
-static IT_ARRAY_PPTRS_OFF: u32 = 0;
-/// Possible CPUs (0 disables cpuacct).
-#[unsafe(no_mangle)]
-static IT_NR_CPUS: u32 = 0;
+static ITER_OFFSETS: offsets::Iter = offsets::Iter {
+    cgroup_kn: 0,
+    kn_id: 0,
+    cgroup_level: 0,
+    cgroup_parent_css: 0,
+    css_cgroup: 0,
+    cgroup_memory: 0,
+    mem_usage: 0,
+    mem_max: 0,
+    mem_watermark: 0,
+    mem_failcnt: 0,
+    mem_soft_limit: 0,
+    kmem_usage: 0,
+    memsw_usage: 0,
+    memsw_max: 0,
+    memsw_watermark: 0,
+    cgroup_cpuacct: 0,
+    cpuacct_usage: 0,
+    cgroup_pids: 0,
+    pids_counter: 0,
+    pids_limit: 0,
+    cgroup_cpu: 0,
+    tg_shares: 0,
+    cfs_quota: 0,
+    cfs_period: 0,
+    cfs_nr_periods: 0,
+    cfs_nr_throttled: 0,
+    cfs_throttled_time: 0,
+    cfs_nr_burst: 0,
+    cfs_burst_time: 0,
+    array_pptrs: 0,
+    nr_cpus: 0,
+};
 
 #[inline(always)]
 unsafe fn read<T: Default>(addr: u64) -> Result<T, i64> {
@@ -168,18 +133,18 @@ pub extern "C" fn cgroup_stats(ctx: *mut core::ffi::c_void) -> i32 {
 
 unsafe fn kn_id(cgrp: u64) -> Result<u64, i64> {
     unsafe {
-        let kn: u64 = read(cgrp + u64::from(global(&IT_CGROUP_KN_OFF)))?;
-        read(kn + u64::from(global(&IT_KN_ID_OFF)))
+        let kn: u64 = read(cgrp + u64::from(global(&ITER_OFFSETS.cgroup_kn)))?;
+        read(kn + u64::from(global(&ITER_OFFSETS.kn_id)))
     }
 }
 
 unsafe fn fill(cgrp: u64, rec: &mut CgroupStats) -> Result<(), i64> {
     unsafe {
         rec.id = kn_id(cgrp)?;
-        rec.level = read(cgrp + u64::from(global(&IT_CGROUP_LEVEL_OFF)))?;
-        let parent_css: u64 = read(cgrp + u64::from(global(&IT_CGROUP_PARENT_CSS_OFF)))?;
+        rec.level = read(cgrp + u64::from(global(&ITER_OFFSETS.cgroup_level)))?;
+        let parent_css: u64 = read(cgrp + u64::from(global(&ITER_OFFSETS.cgroup_parent_css)))?;
         if parent_css != 0 {
-            let parent: u64 = read(parent_css + u64::from(global(&IT_CSS_CGROUP_OFF)))?;
+            let parent: u64 = read(parent_css + u64::from(global(&ITER_OFFSETS.css_cgroup)))?;
             rec.parent_id = kn_id(parent)?;
         }
         memory(cgrp, rec);
@@ -204,16 +169,16 @@ unsafe fn css(cgrp: u64, off: &'static u32) -> Option<u64> {
 }
 
 unsafe fn memory(cgrp: u64, rec: &mut CgroupStats) {
-    let Some(css) = (unsafe { css(cgrp, &IT_CGROUP_MEMORY_OFF) }) else {
+    let Some(css) = (unsafe { css(cgrp, &ITER_OFFSETS.cgroup_memory) }) else {
         return;
     };
     let at = |g: &'static u32| css + u64::from(global(g));
     unsafe {
         if let (Ok(u), Ok(m), Ok(w), Ok(f)) = (
-            read::<u64>(at(&IT_MEM_USAGE_OFF)),
-            read::<u64>(at(&IT_MEM_MAX_OFF)),
-            read::<u64>(at(&IT_MEM_WATERMARK_OFF)),
-            read::<u64>(at(&IT_MEM_FAILCNT_OFF)),
+            read::<u64>(at(&ITER_OFFSETS.mem_usage)),
+            read::<u64>(at(&ITER_OFFSETS.mem_max)),
+            read::<u64>(at(&ITER_OFFSETS.mem_watermark)),
+            read::<u64>(at(&ITER_OFFSETS.mem_failcnt)),
         ) {
             (
                 rec.mem_usage,
@@ -223,23 +188,23 @@ unsafe fn memory(cgrp: u64, rec: &mut CgroupStats) {
             ) = (u, m, w, f);
             rec.flags |= STATS_FLAG_MEMORY;
         }
-        if global(&IT_MEM_SOFT_LIMIT_OFF) != 0 {
-            if let Ok(v) = read::<u64>(at(&IT_MEM_SOFT_LIMIT_OFF)) {
+        if global(&ITER_OFFSETS.mem_soft_limit) != 0 {
+            if let Ok(v) = read::<u64>(at(&ITER_OFFSETS.mem_soft_limit)) {
                 rec.mem_soft_limit = v;
                 rec.flags |= STATS_FLAG_SOFT_LIMIT;
             }
         }
-        if global(&IT_KMEM_USAGE_OFF) != 0 {
-            if let Ok(v) = read::<u64>(at(&IT_KMEM_USAGE_OFF)) {
+        if global(&ITER_OFFSETS.kmem_usage) != 0 {
+            if let Ok(v) = read::<u64>(at(&ITER_OFFSETS.kmem_usage)) {
                 rec.kmem_usage = v;
                 rec.flags |= STATS_FLAG_KMEM;
             }
         }
-        if global(&IT_MEMSW_USAGE_OFF) != 0 {
+        if global(&ITER_OFFSETS.memsw_usage) != 0 {
             if let (Ok(u), Ok(m), Ok(w)) = (
-                read::<u64>(at(&IT_MEMSW_USAGE_OFF)),
-                read::<u64>(at(&IT_MEMSW_MAX_OFF)),
-                read::<u64>(at(&IT_MEMSW_WATERMARK_OFF)),
+                read::<u64>(at(&ITER_OFFSETS.memsw_usage)),
+                read::<u64>(at(&ITER_OFFSETS.memsw_max)),
+                read::<u64>(at(&ITER_OFFSETS.memsw_watermark)),
             ) {
                 (rec.memsw_usage, rec.memsw_max, rec.memsw_watermark) = (u, m, w);
                 rec.flags |= STATS_FLAG_MEMSW;
@@ -250,13 +215,13 @@ unsafe fn memory(cgrp: u64, rec: &mut CgroupStats) {
 
 /// Fills `CPU_OFFSETS` from `PERCPU_PROBE`'s per-CPU copies.
 fn find_cpu_offsets() {
-    let nr = global(&IT_NR_CPUS);
-    if nr == 0 || global(&IT_ARRAY_PPTRS_OFF) == 0 {
+    let nr = global(&ITER_OFFSETS.nr_cpus);
+    if nr == 0 || global(&ITER_OFFSETS.array_pptrs) == 0 {
         return;
     }
     let map = &PERCPU_PROBE as *const PerCpuArray<u64>;
     let base = unsafe { launder(map) };
-    let Ok(pptr) = (unsafe { read::<u64>(base + u64::from(global(&IT_ARRAY_PPTRS_OFF))) }) else {
+    let Ok(pptr) = (unsafe { read::<u64>(base + u64::from(global(&ITER_OFFSETS.array_pptrs))) }) else {
         return;
     };
     let key = 0u32;
@@ -278,14 +243,14 @@ fn find_cpu_offsets() {
 }
 
 unsafe fn cpuacct(cgrp: u64, rec: &mut CgroupStats) {
-    let nr = global(&IT_NR_CPUS);
+    let nr = global(&ITER_OFFSETS.nr_cpus);
     if nr == 0 {
         return;
     }
-    let Some(css) = (unsafe { css(cgrp, &IT_CGROUP_CPUACCT_OFF) }) else {
+    let Some(css) = (unsafe { css(cgrp, &ITER_OFFSETS.cgroup_cpuacct) }) else {
         return;
     };
-    let Ok(usage) = (unsafe { read::<u64>(css + u64::from(global(&IT_CPUACCT_USAGE_OFF))) }) else {
+    let Ok(usage) = (unsafe { read::<u64>(css + u64::from(global(&ITER_OFFSETS.cpuacct_usage))) }) else {
         return;
     };
     let mut sum = 0u64;
@@ -306,14 +271,14 @@ unsafe fn cpuacct(cgrp: u64, rec: &mut CgroupStats) {
 }
 
 unsafe fn pids(cgrp: u64, rec: &mut CgroupStats) {
-    let Some(css) = (unsafe { css(cgrp, &IT_CGROUP_PIDS_OFF) }) else {
+    let Some(css) = (unsafe { css(cgrp, &ITER_OFFSETS.cgroup_pids) }) else {
         return;
     };
     let at = |g: &'static u32| css + u64::from(global(g));
     if let (Ok(c), Ok(l)) = unsafe {
         (
-            read::<u64>(at(&IT_PIDS_COUNTER_OFF)),
-            read::<u64>(at(&IT_PIDS_LIMIT_OFF)),
+            read::<u64>(at(&ITER_OFFSETS.pids_counter)),
+            read::<u64>(at(&ITER_OFFSETS.pids_limit)),
         )
     } {
         (rec.pids_current, rec.pids_limit) = (c, l);
@@ -322,28 +287,28 @@ unsafe fn pids(cgrp: u64, rec: &mut CgroupStats) {
 }
 
 unsafe fn cpu(cgrp: u64, rec: &mut CgroupStats) {
-    let Some(css) = (unsafe { css(cgrp, &IT_CGROUP_CPU_OFF) }) else {
+    let Some(css) = (unsafe { css(cgrp, &ITER_OFFSETS.cgroup_cpu) }) else {
         return;
     };
     let at = |g: &'static u32| css + u64::from(global(g));
     unsafe {
         if let (Ok(shares), Ok(quota), Ok(period), Ok(periods), Ok(throttled), Ok(throttled_ns)) = (
-            read::<u64>(at(&IT_TG_SHARES_OFF)),
-            read::<u64>(at(&IT_CFS_QUOTA_OFF)),
-            read::<u64>(at(&IT_CFS_PERIOD_OFF)),
-            read::<u32>(at(&IT_CFS_NR_PERIODS_OFF)),
-            read::<u32>(at(&IT_CFS_NR_THROTTLED_OFF)),
-            read::<u64>(at(&IT_CFS_THROTTLED_TIME_OFF)),
+            read::<u64>(at(&ITER_OFFSETS.tg_shares)),
+            read::<u64>(at(&ITER_OFFSETS.cfs_quota)),
+            read::<u64>(at(&ITER_OFFSETS.cfs_period)),
+            read::<u32>(at(&ITER_OFFSETS.cfs_nr_periods)),
+            read::<u32>(at(&ITER_OFFSETS.cfs_nr_throttled)),
+            read::<u64>(at(&ITER_OFFSETS.cfs_throttled_time)),
         ) {
             (rec.cpu_shares, rec.cpu_quota_ns, rec.cpu_period_ns) = (shares, quota, period);
             (rec.cpu_periods, rec.cpu_throttled, rec.cpu_throttled_ns) =
                 (periods, throttled, throttled_ns);
             rec.flags |= STATS_FLAG_CPU;
         }
-        if global(&IT_CFS_NR_BURST_OFF) != 0 {
+        if global(&ITER_OFFSETS.cfs_nr_burst) != 0 {
             if let (Ok(n), Ok(t)) = (
-                read::<u32>(at(&IT_CFS_NR_BURST_OFF)),
-                read::<u64>(at(&IT_CFS_BURST_TIME_OFF)),
+                read::<u32>(at(&ITER_OFFSETS.cfs_nr_burst)),
+                read::<u64>(at(&ITER_OFFSETS.cfs_burst_time)),
             ) {
                 (rec.cpu_bursts, rec.cpu_burst_ns) = (n, t);
                 rec.flags |= STATS_FLAG_CPU_BURST;

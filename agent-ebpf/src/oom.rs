@@ -12,8 +12,9 @@
 //! limit), which is also the victim when the pids agree.
 
 use agent_common::{
-    OOM_FLAG_LIMIT_FOUND, OOM_FLAG_MEMCG, OOM_SOURCE_BTF, OOM_SOURCE_TRACEPOINT, OomEvent,
-    TASK_COMM_LEN, counter,
+    OOM_FLAG_LIMIT_FOUND, OOM_FLAG_MEMCG, OOM_RINGBUF_BYTES, OOM_SOURCE_BTF, OOM_SOURCE_TRACEPOINT,
+    OomEvent,
+    TASK_COMM_LEN, counter, offsets,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -29,39 +30,27 @@ use aya_ebpf::{
 use crate::cgroup::{COUNTERS, bump, global};
 
 #[map]
-static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(OOM_RINGBUF_BYTES, 0);
 
 // From BTF (see agent/src/ebpf/oom_layout.rs). 0 size/offset pairs that the
 // agent could not find disable the part of the walk that needs them.
 #[unsafe(no_mangle)]
-static TASK_PID_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static TASK_TGID_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static TASK_COMM_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static TASK_CGROUPS_OFF: u32 = 0;
-/// Offset of `css_set.subsys[memory_cgrp_id]`.
-#[unsafe(no_mangle)]
-static CSS_SET_MEMORY_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static CSS_CGROUP_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static CSS_PARENT_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static CGROUP_KN_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static KN_ID_OFF: u32 = 0;
-/// Offsets from the memory css of `mem_cgroup.memory.{usage,max}`.
-#[unsafe(no_mangle)]
-static MEMCG_USAGE_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static MEMCG_MAX_OFF: u32 = 0;
-/// Same for `mem_cgroup.memsw` (v1 memory+swap); 0 when absent.
-#[unsafe(no_mangle)]
-static MEMSW_USAGE_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static MEMSW_MAX_OFF: u32 = 0;
+static OOM_BTF_OFFSETS: offsets::OomBtf = offsets::OomBtf {
+    task_pid: 0,
+    task_tgid: 0,
+    task_comm: 0,
+    task_cgroups: 0,
+    css_set_memory: 0,
+    css_cgroup: 0,
+    css_parent: 0,
+    cgroup_kn: 0,
+    kn_id: 0,
+    memcg_usage: 0,
+    memcg_max: 0,
+    memsw_usage: 0,
+    memsw_max: 0,
+};
+
 /// Pages below the limit that still count as "at the limit": a failed
 /// charge can leave up to a charge batch unused.
 #[unsafe(no_mangle)]
@@ -69,9 +58,7 @@ static LIMIT_SLACK_PAGES: u32 = 256;
 
 // The classic tracepoint's layout, from tracefs.
 #[unsafe(no_mangle)]
-static MV_PID_OFF: u32 = 8;
-#[unsafe(no_mangle)]
-static MV_COMM_OFF: u32 = 12;
+static OOM_TP_OFFSETS: offsets::OomTp = offsets::OomTp { pid: 8, comm: 12 };
 
 const MAX_DEPTH: usize = 16;
 
@@ -101,9 +88,9 @@ pub fn mark_victim_btf(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 unsafe fn kn_id(css: *const u8) -> Result<u64, i64> {
     unsafe {
-        let cgrp: *const u8 = read(css, global(&CSS_CGROUP_OFF))?;
-        let kn: *const u8 = read(cgrp, global(&CGROUP_KN_OFF))?;
-        read(kn, global(&KN_ID_OFF))
+        let cgrp: *const u8 = read(css, global(&OOM_BTF_OFFSETS.css_cgroup))?;
+        let kn: *const u8 = read(cgrp, global(&OOM_BTF_OFFSETS.cgroup_kn))?;
+        read(kn, global(&OOM_BTF_OFFSETS.kn_id))
     }
 }
 
@@ -127,9 +114,9 @@ unsafe fn fill_btf(task: *const u8, ev: *mut OomEvent) -> Result<(), i64> {
         (*ev).memcg_id = 0;
         (*ev).oom_memcg_id = 0;
         (*ev).boot_ns = bpf_ktime_get_boot_ns();
-        (*ev).pid = read::<i32>(task, global(&TASK_PID_OFF))? as u32;
-        (*ev).tgid = read::<i32>(task, global(&TASK_TGID_OFF))? as u32;
-        (*ev).comm = read::<[u8; TASK_COMM_LEN]>(task, global(&TASK_COMM_OFF))?;
+        (*ev).pid = read::<i32>(task, global(&OOM_BTF_OFFSETS.task_pid))? as u32;
+        (*ev).tgid = read::<i32>(task, global(&OOM_BTF_OFFSETS.task_tgid))? as u32;
+        (*ev).comm = read::<[u8; TASK_COMM_LEN]>(task, global(&OOM_BTF_OFFSETS.task_comm))?;
         walk_memcg(task, ev, true)
     }
 }
@@ -139,8 +126,8 @@ unsafe fn fill_btf(task: *const u8, ev: *mut OomEvent) -> Result<(), i64> {
 #[inline(always)]
 unsafe fn walk_memcg(task: *const u8, ev: *mut OomEvent, victim: bool) -> Result<(), i64> {
     unsafe {
-        let cgroups: *const u8 = read(task, global(&TASK_CGROUPS_OFF))?;
-        let mut css: *const u8 = read(cgroups, global(&CSS_SET_MEMORY_OFF))?;
+        let cgroups: *const u8 = read(task, global(&OOM_BTF_OFFSETS.task_cgroups))?;
+        let mut css: *const u8 = read(cgroups, global(&OOM_BTF_OFFSETS.css_set_memory))?;
         if css.is_null() {
             return Ok(());
         }
@@ -149,14 +136,14 @@ unsafe fn walk_memcg(task: *const u8, ev: *mut OomEvent, victim: bool) -> Result
             (*ev).flags |= OOM_FLAG_MEMCG;
         }
         for _ in 0..MAX_DEPTH {
-            if at_limit(css, global(&MEMCG_USAGE_OFF), global(&MEMCG_MAX_OFF))
-                || at_limit(css, global(&MEMSW_USAGE_OFF), global(&MEMSW_MAX_OFF))
+            if at_limit(css, global(&OOM_BTF_OFFSETS.memcg_usage), global(&OOM_BTF_OFFSETS.memcg_max))
+                || at_limit(css, global(&OOM_BTF_OFFSETS.memsw_usage), global(&OOM_BTF_OFFSETS.memsw_max))
             {
                 (*ev).oom_memcg_id = kn_id(css)?;
                 (*ev).flags |= OOM_FLAG_LIMIT_FOUND;
                 break;
             }
-            css = read(css, global(&CSS_PARENT_OFF))?;
+            css = read(css, global(&OOM_BTF_OFFSETS.css_parent))?;
             if css.is_null() {
                 break;
             }
@@ -182,8 +169,8 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
 }
 
 fn fill_tp(ctx: &TracePointContext, ev: *mut OomEvent) -> Result<(), i64> {
-    let pid: i32 = unsafe { ctx.read_at(global(&MV_PID_OFF) as usize) }.map_err(|e| e as i64)?;
-    let comm_at = global(&MV_COMM_OFF);
+    let pid: i32 = unsafe { ctx.read_at(global(&OOM_TP_OFFSETS.pid) as usize) }.map_err(|e| e as i64)?;
+    let comm_at = global(&OOM_TP_OFFSETS.comm);
     unsafe {
         (*ev).source = OOM_SOURCE_TRACEPOINT;
         (*ev).flags = 0;
@@ -201,14 +188,14 @@ fn fill_tp(ctx: &TracePointContext, ev: *mut OomEvent) -> Result<(), i64> {
                 bpf_probe_read_kernel(src as *const [u8; TASK_COMM_LEN]).map_err(|e| e as i64)?;
         }
         // Without BTF offsets the agent resolves the victim from /proc alone.
-        if global(&TASK_CGROUPS_OFF) != 0 {
+        if global(&OOM_BTF_OFFSETS.task_cgroups) != 0 {
             let task = bpf_get_current_task() as *const u8;
-            let current = read::<i32>(task, global(&TASK_PID_OFF));
+            let current = read::<i32>(task, global(&OOM_BTF_OFFSETS.task_pid));
             let is_victim = current == Ok(pid);
             if is_victim {
-                (*ev).tgid = read::<i32>(task, global(&TASK_TGID_OFF)).unwrap_or(0) as u32;
+                (*ev).tgid = read::<i32>(task, global(&OOM_BTF_OFFSETS.task_tgid)).unwrap_or(0) as u32;
                 if comm_at == 0
-                    && let Ok(comm) = read::<[u8; TASK_COMM_LEN]>(task, global(&TASK_COMM_OFF))
+                    && let Ok(comm) = read::<[u8; TASK_COMM_LEN]>(task, global(&OOM_BTF_OFFSETS.task_comm))
                 {
                     (*ev).comm = comm;
                 }

@@ -1,7 +1,8 @@
 //! Command line.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, time::Duration};
 
+use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Clone, Parser)]
@@ -163,6 +164,35 @@ pub struct Config {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl Config {
+    /// Logs to stderr as `--log-level` and `--log-format` say.
+    pub fn init_logging(&self) -> anyhow::Result<()> {
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .with_context(|| format!("bad --log-level {:?}", self.log_level))?;
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        }
+        .map_err(|e| anyhow::anyhow!("initialising logging: {e}"))
+    }
+
+    /// The metric groups `--enable-metrics`/`--disable-metrics` ask for;
+    /// warns about those accepted but not collected.
+    pub fn groups(&self) -> anyhow::Result<Groups> {
+        let (groups, unsupported) =
+            Groups::from_flags(self.enable_metrics.as_deref(), &self.disable_metrics)
+                .map_err(|e| anyhow::anyhow!("--enable-metrics/--disable-metrics: {e}"))?;
+        if !unsupported.is_empty() {
+            tracing::warn!(groups = ?unsupported, "these cAdvisor metric groups are accepted but not collected by cgscope");
+        }
+        Ok(groups)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

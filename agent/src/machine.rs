@@ -7,10 +7,13 @@ use std::{
     collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
 };
 
 use procfs::{CpuInfo, FromRead as _, Meminfo};
 use thiserror::Error;
+use tokio::sync::watch;
 
 #[derive(Debug, Error)]
 pub enum MachineError {
@@ -185,6 +188,46 @@ impl SysTopology {
             sockets: count(sockets.len()),
         }
     }
+}
+
+/// The latest machine information (`None` while it cannot be read), read
+/// now and again every `--update-machine-info-interval`.
+pub fn start(
+    config: &crate::config::Config,
+    tasks: &mut crate::supervise::Tasks,
+) -> watch::Receiver<Option<Arc<MachineInfo>>> {
+    let paths = MachinePaths::new(
+        &config.proc_root,
+        &config.sys_root,
+        config.machine_id_file.clone(),
+    );
+    let every = config
+        .update_machine_info_interval
+        .max(Duration::from_secs(1));
+    let (tx, rx) = watch::channel(None);
+    tasks.spawn("machine", async move {
+        let mut tick = tokio::time::interval(every);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            let p = paths.clone();
+            match tokio::task::spawn_blocking(move || MachineInfo::read(&p)).await {
+                Ok(Ok(info)) => {
+                    failing = false;
+                    tx.send_replace(Some(Arc::new(info)));
+                }
+                Ok(Err(e)) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "reading machine information failed");
+                    }
+                    failing = true;
+                    tx.send_replace(None);
+                }
+                Err(e) => tracing::error!(error = %e, "machine information task panicked"),
+            }
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

@@ -64,6 +64,18 @@ impl ContainerInfo {
     }
 }
 
+/// Messages queued for the registry before senders wait: a burst of
+/// discovery batches and OOM kills while a snapshot is built.
+const QUEUE: usize = 4096;
+
+/// How the other tasks reach the registry: its latest snapshot, and its
+/// input.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub tx: mpsc::Sender<Msg>,
+}
+
 /// What readers see: every known container, sorted by path.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -141,16 +153,15 @@ impl Registry {
         }
     }
 
-    /// The owner task, which runs until every sender is gone, and the
-    /// snapshots it publishes.
-    pub fn start(
-        mut self,
-        mut rx: mpsc::Receiver<Msg>,
-    ) -> (
-        watch::Receiver<Arc<Snapshot>>,
-        impl Future<Output = ()> + Send + 'static,
-    ) {
+    /// The owner task, which runs until every [`Handle`] is gone, and the
+    /// first handle.
+    pub fn start(mut self) -> (Handle, impl Future<Output = ()> + Send + 'static) {
+        let (input, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let (tx, snapshot) = watch::channel(Arc::new(Snapshot::default()));
+        let handle = Handle {
+            snapshot,
+            tx: input,
+        };
         let task = async move {
             let mut gc = tokio::time::interval(
                 Duration::from_secs(1).min(self.retention.max(Duration::from_millis(100))),
@@ -180,7 +191,7 @@ impl Registry {
                 }
             }
         };
-        (snapshot, task)
+        (handle, task)
     }
 
     /// Applies one message; true when the snapshot changed.

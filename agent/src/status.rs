@@ -10,13 +10,28 @@ pub struct Mode {
     pub choices: &'static [&'static str],
 }
 
+impl Mode {
+    pub fn of<M: SubsystemMode>(mode: M) -> Self {
+        Self {
+            subsystem: M::SUBSYSTEM,
+            active: mode.name(),
+            choices: M::NAMES,
+        }
+    }
+}
+
+/// A subsystem's own mode type (`discovery::Mode`, …).
+pub trait SubsystemMode: Copy {
+    /// The `subsystem` label.
+    const SUBSYSTEM: &'static str;
+    /// Every mode's `mode` label.
+    const NAMES: &'static [&'static str];
+    fn name(self) -> &'static str;
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Status {
     pub modes: Vec<Mode>,
     /// Names of the attached eBPF programs.
     pub ebpf_programs: Vec<&'static str>,
 }
-
-pub const DISCOVERY_MODES: &[&str] = &["ebpf", "inotify"];
-
-pub const COLLECTOR_MODES: &[&str] = &["iter", "files"];

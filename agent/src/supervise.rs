@@ -13,6 +13,7 @@ use std::{
 };
 
 use tokio::{
+    signal::unix::{signal, SignalKind},
     sync::oneshot,
     task::{Id, JoinSet},
 };
@@ -117,6 +118,21 @@ impl Tasks {
         };
         self.health.fail(exit.clone());
         exit
+    }
+}
+
+/// SIGTERM or SIGINT: the agent stops, with exit code 0.
+pub async fn shutdown_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
     }
 }
 

@@ -341,6 +341,8 @@ fn a_collection_that_hangs_holds_up_only_itself() {
     // A /proc whose `limits` of the first task is a FIFO: opening it for
     // reading blocks until a writer comes, as a read of a stuck filesystem.
     let proc_root = tempfile::tempdir().unwrap();
+    // The agent finds its own mounts and cgroups in `self`, as in any /proc.
+    std::os::unix::fs::symlink("/proc/self", proc_root.path().join("self")).unwrap();
     wait_for("the task to join", Duration::from_secs(5), || {
         fs::read_to_string(tree.dir("cpu", "hangs").join("cgroup.procs"))
             .is_ok_and(|p| !p.trim().is_empty())

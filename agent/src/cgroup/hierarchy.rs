@@ -193,6 +193,15 @@ impl Hierarchies {
         self.list.iter().find(|h| h.id == id)
     }
 
+    /// `id=mount` of every hierarchy, for the start-up log.
+    pub fn summary(&self) -> String {
+        self.list
+            .iter()
+            .map(|h| format!("{}={}", h.id, h.mount.display()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     pub fn layout(&self) -> Layout {
         let v1 = self.list.iter().any(|h| h.version == Version::V1);
         let v2 = self.list.iter().any(|h| h.version == Version::V2);

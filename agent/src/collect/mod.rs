@@ -13,6 +13,7 @@
 pub mod iter;
 pub mod network;
 pub mod process;
+pub mod start;
 mod worker;
 
 use std::{
@@ -197,7 +198,7 @@ impl Pacing {
 }
 
 /// The scheduler, which runs until the registry goes away.
-pub fn run(
+fn run(
     collector: Arc<Collector>,
     cache: Arc<StatsCache>,
     mut registry: watch::Receiver<Arc<Snapshot>>,

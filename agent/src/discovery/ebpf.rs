@@ -3,52 +3,36 @@
 use std::sync::Arc;
 
 use agent_common::{CgroupEvent, CGROUP_EVENT_FLAG_TRUNCATED, CGROUP_EVENT_MKDIR};
-use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    sync::mpsc,
-};
+use tokio::sync::mpsc;
 
 use super::{DiscoveryStats, Filter};
 use crate::{
     cgroup::hierarchy::Hierarchies,
     clock::BootClock,
+    ebpf::ring::RingReader,
     messages::{Change, ChangeKind, Msg},
 };
 
 /// Reads the ring buffer until the registry goes away.
 pub async fn run(
-    ring: RingBuf<MapData>,
+    mut ring: RingReader,
     hierarchies: Arc<Hierarchies>,
     filter: Filter,
     stats: Arc<DiscoveryStats>,
     tx: mpsc::Sender<Msg>,
 ) {
-    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot poll the cgroup ring buffer; eBPF discovery stops (the walk still repairs)");
-            return;
-        }
-    };
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
+        let clock = BootClock::now();
+        let batch = ring
+            .next_batch(|item| decode(item, &hierarchies, &filter, &stats, &clock))
+            .await;
+        let batch = match batch {
+            Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "polling the cgroup ring buffer failed");
                 return;
             }
         };
-        let ring = guard.get_inner_mut();
-        let mut batch = Vec::new();
-        let clock = BootClock::now();
-        while let Some(item) = ring.next() {
-            if let Some(change) = decode(&item, &hierarchies, &filter, &stats, &clock) {
-                batch.push(change);
-            }
-        }
-        guard.clear_ready();
         if !batch.is_empty() && tx.send(Msg::Changes(batch)).await.is_err() {
             return;
         }

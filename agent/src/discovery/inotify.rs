@@ -13,11 +13,9 @@ use std::{
     time::SystemTime,
 };
 
+use futures_util::{FutureExt as _, StreamExt as _};
 use inotify::{EventMask, Inotify, WatchMask, Watches};
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    sync::{mpsc, Notify},
-};
+use tokio::sync::{mpsc, Notify};
 
 use super::{DiscoveryStats, Filter};
 use crate::{
@@ -71,49 +69,30 @@ impl Watcher {
         self.tree.by_wd.len()
     }
 
-    /// Reads events until the registry goes away.
+    /// Reads events until the registry goes away: each wake-up, every event
+    /// read so far becomes one batch of changes.
     pub async fn run(self, tx: mpsc::Sender<Msg>, rescan: Arc<Notify>) {
         let Self { inotify, mut tree } = self;
-        // SAFETY: the Inotify owns its fd for as long as the AsyncFd lives.
-        let mut fd = match unsafe { AsyncFd::register_with_interest(inotify, Interest::READABLE) } {
-            Ok(fd) => fd,
+        let mut events = match inotify.into_event_stream(vec![0u8; 64 * 1024]) {
+            Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "cannot poll inotify; only the periodic walk discovers cgroups now");
+                tracing::error!(error = %e, "cannot poll inotify");
                 return;
             }
         };
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let mut guard = match fd.readable_mut().await {
-                Ok(g) => g,
-                Err(e) => {
-                    tracing::error!(error = %e, "polling inotify failed");
-                    return;
-                }
-            };
-            let read = guard.try_io(|inner| {
-                let events = inner.get_mut().read_events(&mut buf)?;
-                Ok(events
-                    .map(|e| {
-                        (
-                            e.wd.get_watch_descriptor_id(),
-                            e.mask,
-                            e.name.map(|n| n.to_os_string()),
-                        )
-                    })
-                    .collect::<Vec<_>>())
-            });
-            let events = match read {
-                Ok(Ok(events)) => events,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "reading inotify events failed");
-                    return;
-                }
-                Err(_would_block) => continue,
-            };
+        while let Some(first) = events.next().await {
+            let ready = std::iter::from_fn(|| events.next().now_or_never().flatten());
             let mut out = Vec::new();
-            for (wd, mask, name) in &events {
-                tree.handle(*wd, *mask, name.as_ref(), &mut out, &rescan);
+            for event in std::iter::once(first).chain(ready) {
+                let e = match event {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading inotify events failed");
+                        return;
+                    }
+                };
+                let wd = e.wd.get_watch_descriptor_id();
+                tree.handle(wd, e.mask, e.name.as_ref(), &mut out, &rescan);
             }
             if !out.is_empty() && tx.send(Msg::Changes(out)).await.is_err() {
                 return;

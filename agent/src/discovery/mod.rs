@@ -4,6 +4,7 @@
 
 pub mod ebpf;
 pub mod inotify;
+pub mod start;
 pub mod walk;
 
 use std::sync::atomic::{AtomicU64, Ordering};

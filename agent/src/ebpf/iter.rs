@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{CgroupStats, STATS_CAPACITY, STATS_FLAG_OVERFLOW};
+use agent_common::{names, offsets, CgroupStats, STATS_CAPACITY, STATS_FLAG_OVERFLOW};
 use aya::{
     maps::{Map, MapData},
     programs::Iter,
@@ -26,184 +26,111 @@ use super::{
     EbpfError, Kernel,
 };
 
-/// Offsets the iterator reads with, from the kernel's BTF.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct IterLayout {
-    pub cgroup_kn: u32,
-    pub kn_id: u32,
-    pub cgroup_level: u32,
-    pub cgroup_parent_css: u32,
-    pub css_cgroup: u32,
-    pub cgroup_memory: u32,
-    pub mem_usage: u32,
-    pub mem_max: u32,
-    pub mem_watermark: u32,
-    pub mem_failcnt: u32,
-    pub mem_soft_limit: u32,
-    pub kmem_usage: u32,
-    pub memsw_usage: u32,
-    pub memsw_max: u32,
-    pub memsw_watermark: u32,
-    pub cgroup_cpuacct: u32,
-    pub cpuacct_usage: u32,
-    pub cgroup_pids: u32,
-    pub pids_counter: u32,
-    pub pids_limit: u32,
-    pub cgroup_cpu: u32,
-    pub tg_shares: u32,
-    pub cfs_quota: u32,
-    pub cfs_period: u32,
-    pub cfs_nr_periods: u32,
-    pub cfs_nr_throttled: u32,
-    pub cfs_throttled_time: u32,
-    pub cfs_nr_burst: u32,
-    pub cfs_burst_time: u32,
-    pub array_pptrs: u32,
-    pub nr_cpus: u32,
-}
-
-impl IterLayout {
-    /// Each controller is optional: a kernel without one (or with a shape
-    /// this does not know) loses those values, not the walk.
-    pub fn from_btf(btf: &Btf, nr_cpus: u32) -> Result<Self, BtfError> {
-        let subsys = |id_name: &str| -> Result<u32, BtfError> {
-            let id = btf.enum_value(id_name)?;
-            let (off, shape) = btf.member("cgroup", &["subsys"])?;
-            match shape {
-                Shape::Array { elem_size: 8, len } if id >= 0 && id < i64::from(len) => {
-                    Ok(off + 8 * id as u32)
-                }
-                _ => Err(BtfError::NoEnumValue(format!(
-                    "{id_name} within cgroup.subsys[]"
-                ))),
+/// Offsets the iterator reads with, from the kernel's BTF. Each controller
+/// is optional: a kernel without one (or with a shape this does not know)
+/// loses those values, not the walk.
+pub fn iter_offsets(btf: &Btf, nr_cpus: u32) -> Result<offsets::Iter, BtfError> {
+    let subsys = |id_name: &str| -> Result<u32, BtfError> {
+        let id = btf.enum_value(id_name)?;
+        let (off, shape) = btf.member("cgroup", &["subsys"])?;
+        match shape {
+            Shape::Array { elem_size: 8, len } if id >= 0 && id < i64::from(len) => {
+                Ok(off + 8 * id as u32)
             }
-        };
-        let mut l = Self {
-            cgroup_kn: btf.offset("cgroup", &["kn"])?,
-            kn_id: btf.offset("kernfs_node", &["id"])?,
-            cgroup_level: btf.offset("cgroup", &["level"])?,
-            cgroup_parent_css: btf.offset("cgroup", &["self", "parent"])?,
-            css_cgroup: btf.offset("cgroup_subsys_state", &["cgroup"])?,
-            ..Self::default()
-        };
-        let memory = || -> Result<[u32; 10], BtfError> {
-            let css = btf.offset("mem_cgroup", &["css"])?;
-            let at = |path: &[&str]| btf.offset("mem_cgroup", path).map(|o| o - css);
-            Ok([
-                subsys("memory_cgrp_id")?,
-                at(&["memory", "usage"])?,
-                at(&["memory", "max"])?,
-                at(&["memory", "watermark"])?,
-                at(&["memory", "failcnt"])?,
-                // v1-only members (CONFIG_MEMCG_V1): absent disables them.
-                at(&["soft_limit"]).unwrap_or(0),
-                at(&["kmem", "usage"]).unwrap_or(0),
-                at(&["memsw", "usage"]).unwrap_or(0),
-                at(&["memsw", "max"]).unwrap_or(0),
-                at(&["memsw", "watermark"]).unwrap_or(0),
-            ])
-        };
-        if let Ok([m, u, x, w, f, soft, kmem, su, sx, sw]) = memory() {
-            (l.cgroup_memory, l.mem_usage, l.mem_max) = (m, u, x);
-            (l.mem_watermark, l.mem_failcnt) = (w, f);
-            (l.mem_soft_limit, l.kmem_usage) = (soft, kmem);
-            if su != 0 && sx != 0 && sw != 0 {
-                (l.memsw_usage, l.memsw_max, l.memsw_watermark) = (su, sx, sw);
-            }
+            _ => Err(BtfError::NoEnumValue(format!(
+                "{id_name} within cgroup.subsys[]"
+            ))),
         }
-        let pids = || -> Result<[u32; 3], BtfError> {
-            let css = btf.offset("pids_cgroup", &["css"])?;
-            Ok([
-                subsys("pids_cgrp_id")?,
-                btf.offset("pids_cgroup", &["counter"])? - css,
-                btf.offset("pids_cgroup", &["limit"])? - css,
-            ])
-        };
-        if let Ok([p, c, lim]) = pids() {
-            (l.cgroup_pids, l.pids_counter, l.pids_limit) = (p, c, lim);
+    };
+    let mut l = offsets::Iter {
+        cgroup_kn: btf.offset("cgroup", &["kn"])?,
+        kn_id: btf.offset("kernfs_node", &["id"])?,
+        cgroup_level: btf.offset("cgroup", &["level"])?,
+        cgroup_parent_css: btf.offset("cgroup", &["self", "parent"])?,
+        css_cgroup: btf.offset("cgroup_subsys_state", &["cgroup"])?,
+        ..Default::default()
+    };
+    let memory = || -> Result<[u32; 10], BtfError> {
+        let css = btf.offset("mem_cgroup", &["css"])?;
+        let at = |path: &[&str]| btf.offset("mem_cgroup", path).map(|o| o - css);
+        Ok([
+            subsys("memory_cgrp_id")?,
+            at(&["memory", "usage"])?,
+            at(&["memory", "max"])?,
+            at(&["memory", "watermark"])?,
+            at(&["memory", "failcnt"])?,
+            // v1-only members (CONFIG_MEMCG_V1): absent disables them.
+            at(&["soft_limit"]).unwrap_or(0),
+            at(&["kmem", "usage"]).unwrap_or(0),
+            at(&["memsw", "usage"]).unwrap_or(0),
+            at(&["memsw", "max"]).unwrap_or(0),
+            at(&["memsw", "watermark"]).unwrap_or(0),
+        ])
+    };
+    if let Ok([m, u, x, w, f, soft, kmem, su, sx, sw]) = memory() {
+        (l.cgroup_memory, l.mem_usage, l.mem_max) = (m, u, x);
+        (l.mem_watermark, l.mem_failcnt) = (w, f);
+        (l.mem_soft_limit, l.kmem_usage) = (soft, kmem);
+        if su != 0 && sx != 0 && sw != 0 {
+            (l.memsw_usage, l.memsw_max, l.memsw_watermark) = (su, sx, sw);
         }
-        // CONFIG_FAIR_GROUP_SCHED and CONFIG_CFS_BANDWIDTH; burst since 5.14.
-        let cpu = || -> Result<[u32; 9], BtfError> {
-            let css = btf.offset("task_group", &["css"])?;
-            let at = |path: &[&str]| btf.offset("task_group", path).map(|o| o - css);
-            let bw = |m: &str| at(&["cfs_bandwidth", m]);
-            Ok([
-                subsys("cpu_cgrp_id")?,
-                at(&["shares"])?,
-                bw("quota")?,
-                bw("period")?,
-                bw("nr_periods")?,
-                bw("nr_throttled")?,
-                bw("throttled_time")?,
-                bw("nr_burst").unwrap_or(0),
-                bw("burst_time").unwrap_or(0),
-            ])
-        };
-        if let Ok([c, sh, q, p, np, nt, tt, nb, bt]) = cpu() {
-            (l.cgroup_cpu, l.tg_shares, l.cfs_quota, l.cfs_period) = (c, sh, q, p);
-            (l.cfs_nr_periods, l.cfs_nr_throttled, l.cfs_throttled_time) = (np, nt, tt);
-            if nb != 0 && bt != 0 {
-                (l.cfs_nr_burst, l.cfs_burst_time) = (nb, bt);
-            }
-        }
-        // `u64 __percpu *cpuusage` (kernels before 5.x had a struct of two
-        // counters there: left to the files).
-        let cpuacct = || -> Result<(u32, u32, u32), BtfError> {
-            let css = btf.offset("cpuacct", &["css"])?;
-            let (usage, shape) = btf.member("cpuacct", &["cpuusage"])?;
-            if shape != Shape::Ptr || btf.pointee_size("cpuacct", &["cpuusage"])? != 8 {
-                return Err(BtfError::NoMember {
-                    ty: "cpuacct".into(),
-                    member: "cpuusage as a pointer to u64".into(),
-                });
-            }
-            Ok((
-                subsys("cpuacct_cgrp_id")?,
-                usage - css,
-                btf.offset("bpf_array", &["pptrs"])?,
-            ))
-        };
-        if let (Ok((c, u, p)), true) = (cpuacct(), nr_cpus > 0) {
-            (l.cgroup_cpuacct, l.cpuacct_usage, l.array_pptrs, l.nr_cpus) = (c, u, p, nr_cpus);
-        }
-        Ok(l)
     }
-
-    pub fn globals(&self) -> [(&'static str, u32); 31] {
-        [
-            ("IT_CGROUP_KN_OFF", self.cgroup_kn),
-            ("IT_KN_ID_OFF", self.kn_id),
-            ("IT_CGROUP_LEVEL_OFF", self.cgroup_level),
-            ("IT_CGROUP_PARENT_CSS_OFF", self.cgroup_parent_css),
-            ("IT_CSS_CGROUP_OFF", self.css_cgroup),
-            ("IT_CGROUP_MEMORY_OFF", self.cgroup_memory),
-            ("IT_MEM_USAGE_OFF", self.mem_usage),
-            ("IT_MEM_MAX_OFF", self.mem_max),
-            ("IT_MEM_WATERMARK_OFF", self.mem_watermark),
-            ("IT_MEM_FAILCNT_OFF", self.mem_failcnt),
-            ("IT_MEM_SOFT_LIMIT_OFF", self.mem_soft_limit),
-            ("IT_KMEM_USAGE_OFF", self.kmem_usage),
-            ("IT_MEMSW_USAGE_OFF", self.memsw_usage),
-            ("IT_MEMSW_MAX_OFF", self.memsw_max),
-            ("IT_MEMSW_WATERMARK_OFF", self.memsw_watermark),
-            ("IT_CGROUP_CPUACCT_OFF", self.cgroup_cpuacct),
-            ("IT_CPUACCT_USAGE_OFF", self.cpuacct_usage),
-            ("IT_CGROUP_PIDS_OFF", self.cgroup_pids),
-            ("IT_PIDS_COUNTER_OFF", self.pids_counter),
-            ("IT_PIDS_LIMIT_OFF", self.pids_limit),
-            ("IT_CGROUP_CPU_OFF", self.cgroup_cpu),
-            ("IT_TG_SHARES_OFF", self.tg_shares),
-            ("IT_CFS_QUOTA_OFF", self.cfs_quota),
-            ("IT_CFS_PERIOD_OFF", self.cfs_period),
-            ("IT_CFS_NR_PERIODS_OFF", self.cfs_nr_periods),
-            ("IT_CFS_NR_THROTTLED_OFF", self.cfs_nr_throttled),
-            ("IT_CFS_THROTTLED_TIME_OFF", self.cfs_throttled_time),
-            ("IT_CFS_NR_BURST_OFF", self.cfs_nr_burst),
-            ("IT_CFS_BURST_TIME_OFF", self.cfs_burst_time),
-            ("IT_ARRAY_PPTRS_OFF", self.array_pptrs),
-            ("IT_NR_CPUS", self.nr_cpus),
-        ]
+    let pids = || -> Result<[u32; 3], BtfError> {
+        let css = btf.offset("pids_cgroup", &["css"])?;
+        Ok([
+            subsys("pids_cgrp_id")?,
+            btf.offset("pids_cgroup", &["counter"])? - css,
+            btf.offset("pids_cgroup", &["limit"])? - css,
+        ])
+    };
+    if let Ok([p, c, lim]) = pids() {
+        (l.cgroup_pids, l.pids_counter, l.pids_limit) = (p, c, lim);
     }
+    // CONFIG_FAIR_GROUP_SCHED and CONFIG_CFS_BANDWIDTH; burst since 5.14.
+    let cpu = || -> Result<[u32; 9], BtfError> {
+        let css = btf.offset("task_group", &["css"])?;
+        let at = |path: &[&str]| btf.offset("task_group", path).map(|o| o - css);
+        let bw = |m: &str| at(&["cfs_bandwidth", m]);
+        Ok([
+            subsys("cpu_cgrp_id")?,
+            at(&["shares"])?,
+            bw("quota")?,
+            bw("period")?,
+            bw("nr_periods")?,
+            bw("nr_throttled")?,
+            bw("throttled_time")?,
+            bw("nr_burst").unwrap_or(0),
+            bw("burst_time").unwrap_or(0),
+        ])
+    };
+    if let Ok([c, sh, q, p, np, nt, tt, nb, bt]) = cpu() {
+        (l.cgroup_cpu, l.tg_shares, l.cfs_quota, l.cfs_period) = (c, sh, q, p);
+        (l.cfs_nr_periods, l.cfs_nr_throttled, l.cfs_throttled_time) = (np, nt, tt);
+        if nb != 0 && bt != 0 {
+            (l.cfs_nr_burst, l.cfs_burst_time) = (nb, bt);
+        }
+    }
+    // `u64 __percpu *cpuusage` (kernels before 5.x had a struct of two
+    // counters there: left to the files).
+    let cpuacct = || -> Result<(u32, u32, u32), BtfError> {
+        let css = btf.offset("cpuacct", &["css"])?;
+        let (usage, shape) = btf.member("cpuacct", &["cpuusage"])?;
+        if shape != Shape::Ptr || btf.pointee_size("cpuacct", &["cpuusage"])? != 8 {
+            return Err(BtfError::NoMember {
+                ty: "cpuacct".into(),
+                member: "cpuusage as a pointer to u64".into(),
+            });
+        }
+        Ok((
+            subsys("cpuacct_cgrp_id")?,
+            usage - css,
+            btf.offset("bpf_array", &["pptrs"])?,
+        ))
+    };
+    if let (Ok((c, u, p)), true) = (cpuacct(), nr_cpus > 0) {
+        (l.cgroup_cpuacct, l.cpuacct_usage, l.array_pptrs, l.nr_cpus) = (c, u, p, nr_cpus);
+    }
+    Ok(l)
 }
 
 /// The CPUs the kernel may ever bring up (`/sys/devices/system/cpu/possible`,
@@ -252,7 +179,7 @@ impl CgroupIter {
     /// Loads `cgroup_stats` from a kernel object loaded with the iterator's
     /// globals, and maps its output array.
     pub fn new(kernel: &mut Kernel) -> Result<Self, EbpfError> {
-        const NAME: &str = "cgroup_stats";
+        const NAME: &str = names::CGROUP_STATS_ITER;
         let btf = super::aya_btf(&mut kernel.aya_btf)?;
         let program = kernel.ebpf.program_mut(NAME).ok_or(EbpfError::Program {
             name: NAME,
@@ -269,7 +196,7 @@ impl CgroupIter {
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| EbpfError::Unusable(format!("{NAME}: {e}")))?;
-        const MAP: &str = "CGROUP_STATS";
+        const MAP: &str = names::CGROUP_STATS;
         let map = kernel
             .ebpf
             .take_map(MAP)
@@ -542,7 +469,7 @@ mod tests {
             testkit::skip("no kernel BTF");
             return;
         };
-        let l = IterLayout::from_btf(&btf, 2).unwrap();
+        let l = iter_offsets(&btf, 2).unwrap();
         assert!(l.cgroup_kn > 0 && l.kn_id > 0 && l.cgroup_level > 0);
         assert!(l.cgroup_memory > 0 && l.mem_usage > 0 && l.mem_max > l.mem_usage);
         assert!(l.mem_failcnt > 0 && l.mem_soft_limit > 0 && l.kmem_usage > 0);

@@ -5,6 +5,8 @@ pub mod btf;
 pub mod iter;
 pub mod layout;
 pub mod oom_layout;
+pub mod ring;
+pub mod start;
 pub mod tracefs;
 
 use std::{io, path::PathBuf};
@@ -16,22 +18,13 @@ use aya::{
 };
 use thiserror::Error;
 
-use self::{
-    layout::{CgroupBtfLayout, CgroupLayout},
-    oom_layout::{MarkVictimLayout, OomBtfLayout},
-    tracefs::FormatError,
-};
+use agent_common::names;
+
+use self::tracefs::FormatError;
 
 /// The object built by `cargo xtask build-ebpf`; empty when the agent was
 /// built without it.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgscope.bpf.o"));
-
-/// Ring buffer for cgroup mkdir/rmdir events: 4 MiB hold about 7,600
-/// events (760 containers created at once in all ten v1 hierarchies) while
-/// the reader drains it; a burst beyond that is counted as drops and
-/// repaired by the walk. The kernel maps the data twice, so this costs
-/// 8 MiB of the agent's resident memory once used.
-pub const CGROUP_RINGBUF_BYTES: u32 = 4 << 20;
 
 pub fn embedded_object() -> Option<&'static [u8]> {
     (!OBJECT.is_empty()).then_some(OBJECT)
@@ -76,6 +69,8 @@ pub enum EbpfError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("polling a ring buffer: {0}")]
+    Poll(#[source] io::Error),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("{0}")]
@@ -157,45 +152,45 @@ impl Kernel {
         };
         let cgroup = tracefs
             .clone()
-            .and_then(|t| CgroupLayout::read(&t).map_err(|e| e.to_string()));
+            .and_then(|t| layout::cgroup_tp(&t).map_err(|e| e.to_string()));
         // Parsed once for every layout that needs it, then dropped.
         let kernel_btf = btf::Btf::from_sys();
         let with_btf = || kernel_btf.as_ref().map_err(Clone::clone);
-        let cgroup_btf = with_btf().and_then(CgroupBtfLayout::from_btf);
-        let oom_btf = with_btf().and_then(OomBtfLayout::from_btf);
+        let cgroup_btf = with_btf().and_then(layout::cgroup_btf);
+        let oom_btf = with_btf().and_then(oom_layout::oom_btf);
         let oom_btf_task = with_btf().and_then(oom_layout::mark_victim_passes_task);
         let oom_tp = tracefs.clone().and_then(|t| {
-            MarkVictimLayout::read(&t).map_err(|e| format!("tracepoint oom:mark_victim: {e}"))
+            oom_layout::mark_victim(&t).map_err(|e| format!("tracepoint oom:mark_victim: {e}"))
         });
-        let mut globals: Vec<(&'static str, u32)> = Vec::new();
-        if let Ok(l) = &cgroup {
-            globals.extend(l.globals());
-        }
-        if let Ok(l) = &cgroup_btf {
-            globals.extend(l.globals());
-        }
-        if let Ok(l) = &oom_btf {
-            globals.extend(l.globals());
-        }
-        if let Ok(l) = &oom_tp {
-            globals.extend(l.globals());
-        }
-        if iter_capacity > 0 {
+        let iter = if iter_capacity > 0 {
             let cpus = iter::possible_cpus(std::path::Path::new("/sys")).unwrap_or(0);
-            match with_btf().and_then(|b| iter::IterLayout::from_btf(b, cpus)) {
-                Ok(l) => globals.extend(l.globals()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "the cgroup iterator's offsets are not in this kernel's BTF")
-                }
-            }
-        }
+            with_btf()
+                .and_then(|b| iter::iter_offsets(b, cpus))
+                .inspect_err(|e| tracing::warn!(error = %e, "the cgroup iterator's offsets are not in this kernel's BTF"))
+                .ok()
+        } else {
+            None
+        };
         let mut loader = EbpfLoader::new();
-        for (name, value) in &globals {
-            loader.override_global(name, value, true);
+        // A layout that did not parse leaves its program's offsets at 0;
+        // that program is then not attached (see the `*_unusable` reasons).
+        if let Ok(o) = &cgroup {
+            loader.override_global(names::CGROUP_TP_OFFSETS, o, true);
         }
-        loader.map_max_entries("CGROUP_EVENTS", CGROUP_RINGBUF_BYTES);
+        if let Ok(o) = &cgroup_btf {
+            loader.override_global(names::CGROUP_BTF_OFFSETS, o, true);
+        }
+        if let Ok(o) = &oom_btf {
+            loader.override_global(names::OOM_BTF_OFFSETS, o, true);
+        }
+        if let Ok(o) = &oom_tp {
+            loader.override_global(names::OOM_TP_OFFSETS, o, true);
+        }
+        if let Some(o) = &iter {
+            loader.override_global(names::ITER_OFFSETS, o, true);
+        }
         loader.map_max_entries(
-            "CGROUP_STATS",
+            names::CGROUP_STATS,
             iter_capacity.clamp(1, agent_common::STATS_CAPACITY) + 1,
         );
         let ebpf = loader.load(object)?;
@@ -220,9 +215,11 @@ impl Kernel {
         let btf_error = match &self.cgroup_btf_unusable {
             _ if classic => "classic tracepoints asked for".to_owned(),
             Some(why) => why.clone(),
-            None => match self.attach_btf_tracepoint("cgroup_mkdir_btf", "cgroup_mkdir") {
+            None => match self.attach_btf_tracepoint(names::CGROUP_MKDIR_BTF, "cgroup_mkdir") {
                 // Both or neither: the pair's events share one ring.
-                Ok(()) => return self.attach_btf_tracepoint("cgroup_rmdir_btf", "cgroup_rmdir"),
+                Ok(()) => {
+                    return self.attach_btf_tracepoint(names::CGROUP_RMDIR_BTF, "cgroup_rmdir")
+                }
                 Err(e) => e.to_string(),
             },
         };
@@ -230,8 +227,8 @@ impl Kernel {
             return Err(EbpfError::Unusable(format!("{btf_error}; {why}")));
         }
         tracing::info!(error = %btf_error, "tp_btf/cgroup_mkdir unavailable: using the classic cgroup tracepoints");
-        self.attach_tracepoint("cgroup_mkdir", "cgroup", "cgroup_mkdir")?;
-        self.attach_tracepoint("cgroup_rmdir", "cgroup", "cgroup_rmdir")
+        self.attach_tracepoint(names::CGROUP_MKDIR_TP, "cgroup", "cgroup_mkdir")?;
+        self.attach_tracepoint(names::CGROUP_RMDIR_TP, "cgroup", "cgroup_rmdir")
     }
 
     /// Attaches the best OOM program this kernel allows: `tp_btf`, else (or
@@ -240,7 +237,7 @@ impl Kernel {
         let btf_error = match &self.oom_btf_unusable {
             _ if classic => "classic tracepoints asked for".to_owned(),
             Some(why) => why.clone(),
-            None => match self.attach_btf_tracepoint("mark_victim_btf", "mark_victim") {
+            None => match self.attach_btf_tracepoint(names::MARK_VICTIM_BTF, "mark_victim") {
                 Ok(()) => return Ok(OomProgram::Btf),
                 Err(e) => e.to_string(),
             },
@@ -249,7 +246,7 @@ impl Kernel {
             return Err(EbpfError::Unusable(format!("{btf_error}; {why}")));
         }
         tracing::warn!(error = %btf_error, "tp_btf/mark_victim unavailable: using the classic oom:mark_victim tracepoint (victims resolved from /proc)");
-        self.attach_tracepoint("mark_victim_tp", "oom", "mark_victim")?;
+        self.attach_tracepoint(names::MARK_VICTIM_TP, "oom", "mark_victim")?;
         Ok(OomProgram::Tracepoint)
     }
 
@@ -309,7 +306,14 @@ impl Kernel {
     }
 
     /// Every program is loaded: the parsed BTF (megabytes) can go.
-    pub fn forget_btf(&mut self) {
+    /// Every subsystem has attached what it wanted: the BTF is dropped and
+    /// the programs' counters are handed out.
+    pub fn loaded(&mut self) -> Result<KernelCounters, EbpfError> {
+        self.forget_btf();
+        self.take_counters()
+    }
+
+    fn forget_btf(&mut self) {
         self.aya_btf = None;
     }
 }
@@ -335,8 +339,8 @@ impl Kernel {
     }
 
     /// The per-CPU event counters every program bumps.
-    pub fn take_counters(&mut self) -> Result<KernelCounters, EbpfError> {
-        const NAME: &str = "COUNTERS";
+    fn take_counters(&mut self) -> Result<KernelCounters, EbpfError> {
+        const NAME: &str = names::COUNTERS;
         let map = self
             .ebpf
             .take_map(NAME)

@@ -5,31 +5,12 @@
 
 use std::path::Path;
 
+use agent_common::offsets::{OomBtf, OomTp};
+
 use super::{
     btf::{Arg, Btf, BtfError, Shape},
     tracefs::{FormatError, TracepointFormat},
 };
-
-/// Offsets the OOM programs walk a task's memory cgroups with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OomBtfLayout {
-    pub task_pid: u32,
-    pub task_tgid: u32,
-    pub task_comm: u32,
-    pub task_cgroups: u32,
-    /// `css_set.subsys[memory_cgrp_id]`.
-    pub css_set_memory: u32,
-    pub css_cgroup: u32,
-    pub css_parent: u32,
-    pub cgroup_kn: u32,
-    pub kn_id: u32,
-    /// From the memory css to `mem_cgroup.memory.{usage,max}`.
-    pub memcg_usage: u32,
-    pub memcg_max: u32,
-    /// The same for `mem_cgroup.memsw` (cgroup v1 memory+swap); 0 if absent.
-    pub memsw_usage: u32,
-    pub memsw_max: u32,
-}
 
 /// Whether `tp_btf/mark_victim` hands its program the victim's task. On
 /// kernels that pass only its pid a program reading it as a task would
@@ -46,98 +27,67 @@ pub fn mark_victim_passes_task(btf: &Btf) -> Result<(), BtfError> {
     Ok(())
 }
 
-impl OomBtfLayout {
-    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
-        let int = |n| move |s| s == Shape::Int(n);
-        let ptr = |s| s == Shape::Ptr;
-        // A counter is a plain integer or an atomic_long_t wrapping one.
-        let word = |s| matches!(s, Shape::Int(8) | Shape::Composite(8));
-        let memory_id = btf.enum_value("memory_cgrp_id")?;
-        let (subsys, shape) = btf.member("css_set", &["subsys"])?;
-        let Shape::Array { elem_size: 8, len } = shape else {
-            return Err(BtfError::NoMember {
-                ty: "css_set".into(),
-                member: "subsys[] of pointers".into(),
-            });
-        };
-        if memory_id < 0 || memory_id >= i64::from(len) {
-            return Err(BtfError::NoEnumValue(format!(
-                "memory_cgrp_id {memory_id} within css_set.subsys[{len}]"
-            )));
-        }
-        let css = btf.offset("mem_cgroup", &["css"])?;
-        let counter = |name: &str| -> Result<(u32, u32), BtfError> {
-            let usage = btf.typed_offset("mem_cgroup", &[name, "usage"], word)?;
-            let max = btf.typed_offset("mem_cgroup", &[name, "max"], word)?;
-            Ok((usage - css, max - css))
-        };
-        let (memcg_usage, memcg_max) = counter("memory")?;
-        let (memsw_usage, memsw_max) = counter("memsw").unwrap_or((0, 0));
-        Ok(Self {
-            task_pid: btf.typed_offset("task_struct", &["pid"], int(4))?,
-            task_tgid: btf.typed_offset("task_struct", &["tgid"], int(4))?,
-            task_comm: btf.typed_offset("task_struct", &["comm"], |s| {
-                s == Shape::Array {
-                    elem_size: 1,
-                    len: agent_common::TASK_COMM_LEN as u32,
-                }
-            })?,
-            task_cgroups: btf.typed_offset("task_struct", &["cgroups"], ptr)?,
-            css_set_memory: subsys + 8 * memory_id as u32,
-            css_cgroup: btf.typed_offset("cgroup_subsys_state", &["cgroup"], ptr)?,
-            css_parent: btf.typed_offset("cgroup_subsys_state", &["parent"], ptr)?,
-            cgroup_kn: btf.typed_offset("cgroup", &["kn"], ptr)?,
-            kn_id: btf.typed_offset("kernfs_node", &["id"], int(8))?,
-            memcg_usage,
-            memcg_max,
-            memsw_usage,
-            memsw_max,
-        })
+/// Offsets the OOM programs walk a task's memory cgroups with.
+pub fn oom_btf(btf: &Btf) -> Result<OomBtf, BtfError> {
+    let int = |n| move |s| s == Shape::Int(n);
+    let ptr = |s| s == Shape::Ptr;
+    // A counter is a plain integer or an atomic_long_t wrapping one.
+    let word = |s| matches!(s, Shape::Int(8) | Shape::Composite(8));
+    let memory_id = btf.enum_value("memory_cgrp_id")?;
+    let (subsys, shape) = btf.member("css_set", &["subsys"])?;
+    let Shape::Array { elem_size: 8, len } = shape else {
+        return Err(BtfError::NoMember {
+            ty: "css_set".into(),
+            member: "subsys[] of pointers".into(),
+        });
+    };
+    if memory_id < 0 || memory_id >= i64::from(len) {
+        return Err(BtfError::NoEnumValue(format!(
+            "memory_cgrp_id {memory_id} within css_set.subsys[{len}]"
+        )));
     }
-
-    pub fn globals(&self) -> [(&'static str, u32); 13] {
-        [
-            ("TASK_PID_OFF", self.task_pid),
-            ("TASK_TGID_OFF", self.task_tgid),
-            ("TASK_COMM_OFF", self.task_comm),
-            ("TASK_CGROUPS_OFF", self.task_cgroups),
-            ("CSS_SET_MEMORY_OFF", self.css_set_memory),
-            ("CSS_CGROUP_OFF", self.css_cgroup),
-            ("CSS_PARENT_OFF", self.css_parent),
-            ("CGROUP_KN_OFF", self.cgroup_kn),
-            ("KN_ID_OFF", self.kn_id),
-            ("MEMCG_USAGE_OFF", self.memcg_usage),
-            ("MEMCG_MAX_OFF", self.memcg_max),
-            ("MEMSW_USAGE_OFF", self.memsw_usage),
-            ("MEMSW_MAX_OFF", self.memsw_max),
-        ]
-    }
+    let css = btf.offset("mem_cgroup", &["css"])?;
+    let counter = |name: &str| -> Result<(u32, u32), BtfError> {
+        let usage = btf.typed_offset("mem_cgroup", &[name, "usage"], word)?;
+        let max = btf.typed_offset("mem_cgroup", &[name, "max"], word)?;
+        Ok((usage - css, max - css))
+    };
+    let (memcg_usage, memcg_max) = counter("memory")?;
+    let (memsw_usage, memsw_max) = counter("memsw").unwrap_or((0, 0));
+    Ok(OomBtf {
+        task_pid: btf.typed_offset("task_struct", &["pid"], int(4))?,
+        task_tgid: btf.typed_offset("task_struct", &["tgid"], int(4))?,
+        task_comm: btf.typed_offset("task_struct", &["comm"], |s| {
+            s == Shape::Array {
+                elem_size: 1,
+                len: agent_common::TASK_COMM_LEN as u32,
+            }
+        })?,
+        task_cgroups: btf.typed_offset("task_struct", &["cgroups"], ptr)?,
+        css_set_memory: subsys + 8 * memory_id as u32,
+        css_cgroup: btf.typed_offset("cgroup_subsys_state", &["cgroup"], ptr)?,
+        css_parent: btf.typed_offset("cgroup_subsys_state", &["parent"], ptr)?,
+        cgroup_kn: btf.typed_offset("cgroup", &["kn"], ptr)?,
+        kn_id: btf.typed_offset("kernfs_node", &["id"], int(8))?,
+        memcg_usage,
+        memcg_max,
+        memsw_usage,
+        memsw_max,
+    })
 }
 
 /// The classic `oom:mark_victim` record: pid and comm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MarkVictimLayout {
-    pub pid: u32,
-    pub comm: u32,
+pub fn mark_victim_format(f: &TracepointFormat) -> Result<OomTp, FormatError> {
+    Ok(OomTp {
+        pid: f.int("pid", &[4])?.offset,
+        // Kernels before 6.8 record only the pid (0 = no comm): the
+        // name then comes from /proc while the victim still exists.
+        comm: f.data_loc("comm").map_or(0, |c| c.offset),
+    })
 }
 
-impl MarkVictimLayout {
-    pub fn from_format(f: &TracepointFormat) -> Result<Self, FormatError> {
-        Ok(Self {
-            pid: f.int("pid", &[4])?.offset,
-            // Kernels before 6.8 record only the pid (0 = no comm): the
-            // name then comes from /proc while the victim still exists.
-            comm: f.data_loc("comm").map_or(0, |c| c.offset),
-        })
-    }
-
-    pub fn read(tracefs: &Path) -> Result<Self, FormatError> {
-        Self::from_format(&TracepointFormat::read(tracefs, "oom", "mark_victim")?)
-    }
-
-    pub fn globals(&self) -> [(&'static str, u32); 2] {
-        [("MV_PID_OFF", self.pid), ("MV_COMM_OFF", self.comm)]
-    }
+pub fn mark_victim(tracefs: &Path) -> Result<OomTp, FormatError> {
+    mark_victim_format(&TracepointFormat::read(tracefs, "oom", "mark_victim")?)
 }
 
 #[cfg(test)]
@@ -145,21 +95,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mark_victim_format() {
+    fn mark_victim_formats() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/tracefs/mark_victim.6.18.format");
         let f = TracepointFormat::parse(&std::fs::read_to_string(p).unwrap()).unwrap();
-        assert_eq!(
-            MarkVictimLayout::from_format(&f).unwrap(),
-            MarkVictimLayout { pid: 8, comm: 12 }
-        );
+        assert_eq!(mark_victim_format(&f).unwrap(), OomTp { pid: 8, comm: 12 });
         let old =
             TracepointFormat::parse("\tfield:int pid;\toffset:8;\tsize:4;\tsigned:1;\n").unwrap();
-        assert_eq!(
-            MarkVictimLayout::from_format(&old).unwrap(),
-            MarkVictimLayout { pid: 8, comm: 0 }
-        );
-        assert!(MarkVictimLayout::from_format(&TracepointFormat::parse("").unwrap()).is_err());
+        assert_eq!(mark_victim_format(&old).unwrap(), OomTp { pid: 8, comm: 0 });
+        assert!(mark_victim_format(&TracepointFormat::parse("").unwrap()).is_err());
     }
 
     #[test]
@@ -168,7 +112,7 @@ mod tests {
             testkit::skip("no vmlinux BTF");
             return;
         };
-        let l = OomBtfLayout::from_btf(&btf).unwrap();
+        let l = oom_btf(&btf).unwrap();
         if std::fs::read_to_string("/proc/version").is_ok_and(|v| v.contains(" 6.18.")) {
             // Verified against `stat -c %i` with a C prototype on 6.18.
             assert_eq!(l.task_cgroups, 2376);

@@ -281,14 +281,13 @@ mod tests {
             crate::events::parse_age_policy("").unwrap(),
         )
         .shared();
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let (_snapshot, registry) = Registry::new(
+        let (handle, registry) = Registry::new(
             Duration::from_secs(60),
             events,
             Arc::default(),
             Arc::default(),
         )
-        .start(rx);
+        .start();
         tasks.spawn("registry", registry);
         let sources = Arc::new(Sources::for_tests(
             None,
@@ -313,7 +312,7 @@ mod tests {
         };
         assert_eq!(healthz(app.clone()).await, (StatusCode::OK, "ok".into()));
 
-        drop(tx);
+        drop(handle);
         let exit = tokio::time::timeout(Duration::from_secs(10), tasks.first_exit())
             .await
             .expect("the registry task ends without its input");

@@ -217,18 +217,11 @@ mod tests {
     use prometheus_client::encoding::{prometheus_text, text};
 
     use super::*;
-    use crate::{
-        registry::Snapshot,
-        status::{Mode, DISCOVERY_MODES},
-    };
+    use crate::{discovery::start::Mode as Discovery, registry::Snapshot, status::Mode};
 
     fn sources(machine: Option<MachineInfo>) -> Sources {
         let status = Status {
-            modes: vec![Mode {
-                subsystem: "discovery",
-                active: "inotify",
-                choices: DISCOVERY_MODES,
-            }],
+            modes: vec![Mode::of(Discovery::Inotify)],
             ebpf_programs: vec![],
         };
         let cache = crate::cache::StatsCache::new(

@@ -9,58 +9,48 @@ use std::{
 };
 
 use agent_common::{OomEvent, OOM_FLAG_LIMIT_FOUND, OOM_FLAG_MEMCG};
-use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    sync::{mpsc, oneshot},
-};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{comm_str, OomStats};
 use crate::{
     cgroup::hierarchy::{Hierarchies, Hierarchy, Version},
     clock::BootClock,
+    ebpf::ring::RingReader,
     messages::{join, Msg, OomKill},
 };
 
 /// Reads the ring buffer until the registry goes away; `proc` is where the
 /// victims' `/proc/<pid>` is (`--proc-root`).
 pub async fn run(
-    ring: RingBuf<MapData>,
+    mut ring: RingReader,
     hierarchies: Arc<Hierarchies>,
     proc: PathBuf,
     stats: Arc<OomStats>,
     tx: mpsc::Sender<Msg>,
 ) {
-    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot poll the OOM ring buffer; OOM kills will not be seen");
-            return;
-        }
-    };
     let memory = hierarchies.with_controller("memory").cloned();
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
+        let events = ring
+            .next_batch(|item| {
+                if item.len() >= std::mem::size_of::<OomEvent>() {
+                    // SAFETY: size checked; OomEvent is plain old data.
+                    Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<OomEvent>()) })
+                } else {
+                    stats.errors.record(
+                        "short_record",
+                        format!("OOM record of {} bytes", item.len()),
+                    );
+                    None
+                }
+            })
+            .await;
+        let events = match events {
+            Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "polling the OOM ring buffer failed");
                 return;
             }
         };
-        let mut events = Vec::new();
-        while let Some(item) = guard.get_inner_mut().next() {
-            if item.len() >= std::mem::size_of::<OomEvent>() {
-                // SAFETY: size checked; OomEvent is plain old data.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<OomEvent>()) });
-            } else {
-                stats.errors.record(
-                    "short_record",
-                    format!("OOM record of {} bytes", item.len()),
-                );
-            }
-        }
-        guard.clear_ready();
         let clock = BootClock::now();
         for ev in events {
             let kill = attribute(&ev, memory.as_ref(), &proc, &clock, &tx, &stats).await;

@@ -6,12 +6,11 @@
 pub mod ebpf;
 pub mod kmsg;
 pub mod parser;
+pub mod start;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{errors::ErrorCounts, messages::OomKill};
-
-pub const OOM_MODES: &[&str] = &["ebpf", "kmsg", "none"];
 
 #[derive(Debug)]
 pub struct OomStats {

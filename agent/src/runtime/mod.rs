@@ -21,9 +21,11 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    config::Config,
     errors::ErrorCounts,
     messages::{Metadata, Msg},
-    registry::{ContainerInfo, Snapshot},
+    registry::{ContainerInfo, Handle, Snapshot},
+    supervise::Tasks,
 };
 
 /// Which runtime labels become `container_label_*` series labels: none by
@@ -112,7 +114,7 @@ const TICK: Duration = Duration::from_secs(1);
 /// the registry when it changed. The path provider comes last and always
 /// answers. This task owns the schedule; lookups run beside it, at most
 /// [`CONCURRENT`] at once.
-pub async fn run(
+async fn run(
     providers: Vec<Arc<dyn Provider>>,
     policy: LabelPolicy,
     refresh: Duration,
@@ -221,6 +223,41 @@ pub async fn lookup(
         errors.record(p.name(), format!("{} for {}: {error}", p.name(), info.path));
     }
     (path::from_path(info), final_answer)
+}
+
+/// Starts asking the runtimes (CRI, then Docker, then the path) about the
+/// registry's containers; returns the lookups' error counts.
+pub fn start(config: &Config, registry: &Handle, tasks: &mut Tasks) -> Arc<ErrorCounts> {
+    let errors = Arc::new(ErrorCounts::new("runtime"));
+    let cri = config
+        .cri_endpoint
+        .clone()
+        .unwrap_or_else(cri::probe_endpoint);
+    tracing::info!(cri = %cri.display(), docker = %config.docker_endpoint.display(), "runtime endpoints");
+    let providers: Vec<Arc<dyn Provider>> = vec![
+        Arc::new(cri::CriProvider::new(cri)),
+        Arc::new(docker::DockerProvider::new(&config.docker_endpoint)),
+        Arc::new(path::PathProvider),
+    ];
+    let policy = LabelPolicy {
+        store_all: config.store_container_labels,
+        whitelist: config
+            .whitelisted_container_labels
+            .iter()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect(),
+    };
+    let lookups = run(
+        providers,
+        policy,
+        config.metadata_refresh,
+        registry.snapshot.clone(),
+        registry.tx.clone(),
+        errors.clone(),
+    );
+    tasks.spawn("runtime", lookups);
+    errors
 }
 
 #[cfg(test)]
