@@ -63,9 +63,9 @@ fn cpu_usage_matches_cpuacct_and_the_burners_own_time() {
         "metric {seen} vs the kernel's {file}"
     );
     // The burner's own time also has its shell's start before it joined
-    // the cgroup: a few hundred milliseconds under emulation.
+    // the cgroup: up to half a second under emulation.
     assert!(
-        within(seen, own, 5.0) || (seen < own && own - seen < 0.3),
+        within(seen, own, 5.0) || (seen < own && own - seen < 0.5),
         "metric {seen} vs the burner's own CPU time {own}"
     );
     assert!(seen > 1.0, "the burner burned ({seen} s)");
