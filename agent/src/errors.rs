@@ -1,7 +1,29 @@
 //! Errors that are counted and logged once per reason, never fatal: a
 //! malformed file, an odd kernel line, a vanished cgroup.
 
-use std::{collections::BTreeMap, fmt::Display, sync::Mutex};
+use std::{
+    collections::BTreeMap,
+    error::Error,
+    fmt::{self, Display},
+    sync::Mutex,
+};
+
+/// An error with its sources, `what failed: why: why`, for logs and
+/// reasons. The crate's errors say what failed and leave the cause to
+/// their `source`, as aya's do, so that nothing prints a cause twice.
+pub struct Chain<'a>(pub &'a (dyn Error + 'static));
+
+impl Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct ErrorCounts {
@@ -53,6 +75,20 @@ impl ErrorCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_names_each_cause_once() {
+        let e =
+            crate::cgroup::hierarchy::Hierarchies::discover(std::path::Path::new("/nonexistent"))
+                .unwrap_err();
+        let text = Chain(&e).to_string();
+        assert!(
+            text.starts_with("reading /nonexistent/self/mountinfo: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("mountinfo").count(), 1, "{text}");
+        assert!(text.len() > "reading /nonexistent/self/mountinfo: ".len());
+    }
 
     #[test]
     fn counts_by_reason() {

@@ -15,9 +15,11 @@ use procfs::{CpuInfo, FromRead as _, Meminfo};
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::errors::Chain;
+
 #[derive(Debug, Error)]
 pub enum MachineError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Proc {
         path: PathBuf,
         #[source]
@@ -218,12 +220,12 @@ pub fn start(
                 }
                 Ok(Err(e)) => {
                     if !failing {
-                        tracing::warn!(error = %e, "reading machine information failed");
+                        tracing::warn!(error = %Chain(&e), "reading machine information failed");
                     }
                     failing = true;
                     tx.send_replace(None);
                 }
-                Err(e) => tracing::error!(error = %e, "machine information task panicked"),
+                Err(e) => tracing::error!(error = %Chain(&e), "machine information task panicked"),
             }
         }
     });

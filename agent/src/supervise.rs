@@ -18,6 +18,8 @@ use tokio::{
     task::{Id, JoinSet},
 };
 
+use crate::errors::Chain;
+
 /// Whether every task still runs; shared with `/healthz`.
 #[derive(Debug, Clone, Default)]
 pub struct Health(Arc<OnceLock<Exit>>);
@@ -126,7 +128,7 @@ pub async fn shutdown_signal() {
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            tracing::error!(error = %Chain(&e), "cannot listen for SIGTERM");
             return std::future::pending().await;
         }
     };

@@ -44,6 +44,7 @@ use crate::{
         stats::{Known, Sample},
     },
     config::Groups,
+    errors::Chain,
     errors::ErrorCounts,
     messages::Msg,
     registry::Snapshot,
@@ -226,7 +227,7 @@ fn run(
         let mut worker = match new_worker() {
             Ok(w) => w,
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the collector thread");
+                tracing::error!(error = %Chain(&e), "cannot start the collector thread");
                 return;
             }
         };
@@ -268,7 +269,7 @@ fn run(
                             work = w;
                             match new_worker() {
                                 Ok(w) => worker = w,
-                                Err(e) => tracing::error!(error = %e, "cannot restart the collector thread"),
+                                Err(e) => tracing::error!(error = %Chain(&e), "cannot restart the collector thread"),
                             }
                             let _ = worker.send(work);
                         }
@@ -283,7 +284,7 @@ fn run(
                     let fresh = match new_worker() {
                         Ok(w) => w,
                         Err(e) => {
-                            tracing::error!(error = %e, "cannot start another collector thread");
+                            tracing::error!(error = %Chain(&e), "cannot start another collector thread");
                             continue;
                         }
                     };

@@ -11,7 +11,7 @@ use crate::{
     cgroup::{container::Context, hierarchy::Hierarchies},
     config::{CollectorMode, Config, Groups},
     ebpf::{iter::CgroupIter, Kernel},
-    errors::ErrorCounts,
+    errors::{Chain, ErrorCounts},
     registry::Handle,
     status::SubsystemMode,
     supervise::Tasks,
@@ -94,7 +94,7 @@ async fn choose(
     let iter = match kernel.map(CgroupIter::new) {
         Some(Ok(it)) => Ok(it),
         Some(Err(e)) if forced => return Err(e).context("--collector iter"),
-        Some(Err(e)) => Err(e.to_string()),
+        Some(Err(e)) => Err(Chain(&e).to_string()),
         // eBPF as a whole is not there, and that was logged.
         None if !forced => return Ok(None),
         None => Err("eBPF is not available".to_owned()),

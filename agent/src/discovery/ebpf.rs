@@ -10,6 +10,7 @@ use crate::{
     cgroup::hierarchy::Hierarchies,
     clock::BootClock,
     ebpf::ring::RingReader,
+    errors::Chain,
     messages::{Change, ChangeKind, Msg},
 };
 
@@ -29,7 +30,7 @@ pub async fn run(
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(error = %e, "polling the cgroup ring buffer failed");
+                tracing::error!(error = %Chain(&e), "polling the cgroup ring buffer failed");
                 return;
             }
         };

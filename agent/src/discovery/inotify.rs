@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use super::{DiscoveryStats, Filter};
 use crate::{
     cgroup::hierarchy::Hierarchies,
+    errors::Chain,
     messages::{join, Change, ChangeKind, Msg},
 };
 
@@ -76,7 +77,7 @@ impl Watcher {
         let mut events = match inotify.into_event_stream(vec![0u8; 64 * 1024]) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "cannot poll inotify");
+                tracing::error!(error = %Chain(&e), "cannot poll inotify");
                 return;
             }
         };
@@ -87,7 +88,7 @@ impl Watcher {
                 let e = match event {
                     Ok(e) => e,
                     Err(e) => {
-                        tracing::error!(error = %e, "reading inotify events failed");
+                        tracing::error!(error = %Chain(&e), "reading inotify events failed");
                         return;
                     }
                 };

@@ -11,6 +11,7 @@ use crate::{
     cgroup::hierarchy::Hierarchies,
     config::{Config, DiscoveryMode},
     ebpf::{ring::RingReader, EbpfError, Kernel},
+    errors::Chain,
     messages::Msg,
     status::SubsystemMode,
     supervise::Tasks,
@@ -59,7 +60,7 @@ pub async fn start(
                     return Err(e).context("--discovery ebpf")
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "eBPF discovery not available: falling back to inotify");
+                    tracing::warn!(error = %Chain(&e), "eBPF discovery not available: falling back to inotify");
                     None
                 }
             }
@@ -139,7 +140,7 @@ async fn walker(
             let result = match tokio::task::spawn_blocking(move || walk(&h, &f, &st)).await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(error = %e, "cgroup walk panicked");
+                    tracing::error!(error = %Chain(&e), "cgroup walk panicked");
                     continue;
                 }
             };

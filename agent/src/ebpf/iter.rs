@@ -25,6 +25,7 @@ use super::{
     btf::{Btf, BtfError, Shape},
     EbpfError, Kernel,
 };
+use crate::errors::Chain;
 
 /// Offsets the iterator reads with, from the kernel's BTF. Each controller
 /// is optional: a kernel without one (or with a shape this does not know)
@@ -195,7 +196,7 @@ impl CgroupIter {
             .map_err(|source| EbpfError::Program { name: NAME, source })?
             .as_fd()
             .try_clone_to_owned()
-            .map_err(|e| EbpfError::Unusable(format!("{NAME}: {e}")))?;
+            .map_err(|e| EbpfError::Unusable(format!("{NAME}: {}", Chain(&e))))?;
         const MAP: &str = names::CGROUP_STATS;
         let map = kernel
             .ebpf
@@ -204,8 +205,8 @@ impl CgroupIter {
         let Map::Array(data) = &map else {
             return Err(EbpfError::Unusable(format!("{MAP} is not an array")));
         };
-        let (area, area_len, capacity) =
-            map_area(data).map_err(|e| EbpfError::Unusable(format!("mapping {MAP}: {e}")))?;
+        let (area, area_len, capacity) = map_area(data)
+            .map_err(|e| EbpfError::Unusable(format!("mapping {MAP}: {}", Chain(&e))))?;
         Ok(Self {
             prog,
             _map: map,

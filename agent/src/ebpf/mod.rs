@@ -22,6 +22,8 @@ use agent_common::names;
 
 use self::tracefs::FormatError;
 
+use crate::errors::Chain;
+
 /// The object built by `cargo xtask build-ebpf`; empty when the agent was
 /// built without it.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgscope.bpf.o"));
@@ -36,24 +38,24 @@ pub enum EbpfError {
         "this cgscope was built without its eBPF object (build it with `cargo xtask build-ebpf`)"
     )]
     NoObject,
-    #[error("tracefs is not mounted and could not be mounted at /sys/kernel/tracing: {0}")]
+    #[error("tracefs is not mounted and could not be mounted at /sys/kernel/tracing")]
     Tracefs(#[source] io::Error),
-    #[error("tracepoint {event}: {source}")]
+    #[error("tracepoint {event}")]
     Format {
         event: &'static str,
         #[source]
         source: FormatError,
     },
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
+    #[error("program {name}")]
     Program {
         name: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
     #[error(
-        "program {name}: {source}; kernel.perf_event_paranoid is {paranoid}, and this kernel \
+        "program {name}: kernel.perf_event_paranoid is {paranoid}, and this kernel \
          (Debian's and Ubuntu's patch) then opens tracepoint perf events only with CAP_SYS_ADMIN: \
          set kernel.perf_event_paranoid=2 for eBPF with CAP_BPF and CAP_PERFMON alone"
     )]
@@ -63,13 +65,13 @@ pub enum EbpfError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("polling a ring buffer: {0}")]
+    #[error("polling a ring buffer")]
     Poll(#[source] io::Error),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
@@ -148,11 +150,11 @@ impl Kernel {
                 }
                 Ok(path)
             }
-            Err(e) => Err(EbpfError::Tracefs(e).to_string()),
+            Err(e) => Err(Chain(&EbpfError::Tracefs(e)).to_string()),
         };
         let cgroup = tracefs
             .clone()
-            .and_then(|t| layout::cgroup_tp(&t).map_err(|e| e.to_string()));
+            .and_then(|t| layout::cgroup_tp(&t).map_err(|e| Chain(&e).to_string()));
         // Parsed once for every layout that needs it, then dropped.
         let kernel_btf = btf::Btf::from_sys();
         let with_btf = || kernel_btf.as_ref().map_err(Clone::clone);
@@ -160,13 +162,14 @@ impl Kernel {
         let oom_btf = with_btf().and_then(oom_layout::oom_btf);
         let oom_btf_task = with_btf().and_then(oom_layout::mark_victim_passes_task);
         let oom_tp = tracefs.clone().and_then(|t| {
-            oom_layout::mark_victim(&t).map_err(|e| format!("tracepoint oom:mark_victim: {e}"))
+            oom_layout::mark_victim(&t)
+                .map_err(|e| format!("tracepoint oom:mark_victim: {}", Chain(&e)))
         });
         let iter = if iter_capacity > 0 {
             let cpus = iter::possible_cpus(std::path::Path::new("/sys")).unwrap_or(0);
             with_btf()
                 .and_then(|b| iter::iter_offsets(b, cpus))
-                .inspect_err(|e| tracing::warn!(error = %e, "the cgroup iterator's offsets are not in this kernel's BTF"))
+                .inspect_err(|e| tracing::warn!(error = %Chain(e), "the cgroup iterator's offsets are not in this kernel's BTF"))
                 .ok()
         } else {
             None
@@ -220,7 +223,7 @@ impl Kernel {
                 Ok(()) => {
                     return self.attach_btf_tracepoint(names::CGROUP_RMDIR_BTF, "cgroup_rmdir")
                 }
-                Err(e) => e.to_string(),
+                Err(e) => Chain(&e).to_string(),
             },
         };
         if let Some(why) = &self.cgroup_unusable {
@@ -239,7 +242,7 @@ impl Kernel {
             Some(why) => why.clone(),
             None => match self.attach_btf_tracepoint(names::MARK_VICTIM_BTF, "mark_victim") {
                 Ok(()) => return Ok(OomProgram::Btf),
-                Err(e) => e.to_string(),
+                Err(e) => Chain(&e).to_string(),
             },
         };
         if let Some(why) = &self.oom_tp_unusable {
@@ -322,9 +325,8 @@ impl Kernel {
 fn aya_btf(slot: &mut Option<aya::Btf>) -> Result<&aya::Btf, EbpfError> {
     let btf = match slot.take() {
         Some(btf) => btf,
-        None => {
-            aya::Btf::from_sys_fs().map_err(|e| EbpfError::Unusable(format!("kernel BTF: {e}")))?
-        }
+        None => aya::Btf::from_sys_fs()
+            .map_err(|e| EbpfError::Unusable(format!("kernel BTF: {}", Chain(&e))))?,
     };
     Ok(slot.insert(btf))
 }

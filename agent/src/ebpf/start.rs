@@ -5,6 +5,7 @@ use anyhow::{bail, Context as _, Result};
 
 use super::{embedded_object, raise_memlock_rlimit, EbpfError, Kernel};
 use crate::config::{CollectorMode, Config, DiscoveryMode, OomSource};
+use crate::errors::Chain;
 
 /// The flags that require eBPF, as written.
 fn forced(config: &Config) -> Option<&'static str> {
@@ -50,7 +51,7 @@ pub fn load(config: &Config) -> Result<Option<Kernel>> {
         Err(e) => match forced(config) {
             Some(flag) => Err(e).context(format!("{flag}: eBPF required")),
             None => {
-                tracing::warn!(error = %e, "eBPF not available: falling back to inotify discovery, /dev/kmsg for OOM kills and cgroup files for every value");
+                tracing::warn!(error = %Chain(&e), "eBPF not available: falling back to inotify discovery, /dev/kmsg for OOM kills and cgroup files for every value");
                 Ok(None)
             }
         },

@@ -16,6 +16,7 @@ use crate::{
     cgroup::hierarchy::{Hierarchies, Hierarchy, Version},
     clock::BootClock,
     ebpf::ring::RingReader,
+    errors::Chain,
     messages::{join, Msg, OomKill},
 };
 
@@ -47,7 +48,7 @@ pub async fn run(
         let events = match events {
             Ok(e) => e,
             Err(e) => {
-                tracing::error!(error = %e, "polling the OOM ring buffer failed");
+                tracing::error!(error = %Chain(&e), "polling the OOM ring buffer failed");
                 return;
             }
         };

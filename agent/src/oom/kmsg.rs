@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     cgroup::hierarchy::Hierarchy,
+    errors::Chain,
     messages::{Msg, OomKill},
 };
 
@@ -60,7 +61,7 @@ pub fn open(
             follower.file(file, &path)
         };
         if let Err(e) = result {
-            tracing::error!(error = %e, path = %path.display(), "reading the kernel log failed");
+            tracing::error!(error = %Chain(&e), path = %path.display(), "reading the kernel log failed");
         }
     })
 }

@@ -11,6 +11,7 @@ use crate::{
     cgroup::hierarchy::Hierarchies,
     config::{Config, OomSource},
     ebpf::{ring::RingReader, EbpfError, Kernel},
+    errors::Chain,
     messages::Msg,
     status::SubsystemMode,
     supervise::Tasks,
@@ -79,7 +80,7 @@ pub fn open(
                     return Err(e).context("--oom-source ebpf")
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "eBPF OOM source not available: falling back to /dev/kmsg");
+                    tracing::warn!(error = %Chain(&e), "eBPF OOM source not available: falling back to /dev/kmsg");
                     None
                 }
             }
@@ -142,7 +143,7 @@ impl Source {
                 Err(e) => {
                     stats.errors.record(
                         "kmsg_unreadable",
-                        format!("cannot start the kernel log reader: {e}"),
+                        format!("cannot start the kernel log reader: {}", Chain(&e)),
                     );
                     Mode::None
                 }

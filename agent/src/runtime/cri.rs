@@ -141,10 +141,10 @@ impl CriProvider {
         use tonic::Code;
         match status.code() {
             Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown => {
-                ProviderError::Unreachable(
-                    self.socket.display().to_string(),
-                    status.message().to_owned(),
-                )
+                ProviderError::Unreachable {
+                    endpoint: self.socket.clone(),
+                    source: status.message().into(),
+                }
             }
             Code::NotFound => ProviderError::Unknown,
             Code::Unimplemented => ProviderError::Malformed(format!(
@@ -430,6 +430,6 @@ mod tests {
     async fn a_missing_socket_is_unreachable_not_a_hang() {
         let p = CriProvider::new("/nonexistent/cri.sock");
         let err = p.container(&"b".repeat(64)).await.unwrap_err();
-        assert!(matches!(err, ProviderError::Unreachable(..)), "{err:?}");
+        assert!(matches!(err, ProviderError::Unreachable { .. }), "{err:?}");
     }
 }

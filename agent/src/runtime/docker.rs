@@ -107,9 +107,14 @@ impl Provider for DockerProvider {
                 .as_deref()
                 .ok_or(ProviderError::Unknown)?;
             let uri: hyper::Uri = Uri::new(&self.socket, &format!("/containers/{id}/json")).into();
-            let response = self.client.get(uri).await.map_err(|e| {
-                ProviderError::Unreachable(self.socket.display().to_string(), e.to_string())
-            })?;
+            let response = self
+                .client
+                .get(uri)
+                .await
+                .map_err(|e| ProviderError::Unreachable {
+                    endpoint: self.socket.clone(),
+                    source: e.into(),
+                })?;
             match response.status().as_u16() {
                 200 => {}
                 404 => return Err(ProviderError::Unknown),

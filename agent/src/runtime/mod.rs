@@ -12,6 +12,7 @@ pub mod path;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     future::Future,
+    path::PathBuf,
     pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
@@ -22,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     config::Config,
-    errors::ErrorCounts,
+    errors::{Chain, ErrorCounts},
     messages::{Metadata, Msg},
     registry::{ContainerInfo, Handle, Snapshot},
     supervise::Tasks,
@@ -76,8 +77,12 @@ impl LabelPolicy {
 
 #[derive(Debug, Error)]
 pub enum ProviderError {
-    #[error("{0} is not reachable: {1}")]
-    Unreachable(String, String),
+    #[error("{} is not reachable", endpoint.display())]
+    Unreachable {
+        endpoint: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the runtime does not know this container")]
     Unknown,
     #[error("unexpected answer: {0}")]
@@ -220,7 +225,10 @@ pub async fn lookup(
             Ok(Err(e)) => e,
             Err(_) => ProviderError::Timeout(DEADLINE),
         };
-        errors.record(p.name(), format!("{} for {}: {error}", p.name(), info.path));
+        errors.record(
+            p.name(),
+            format!("{} for {}: {}", p.name(), info.path, Chain(&error)),
+        );
     }
     (path::from_path(info), final_answer)
 }
@@ -308,10 +316,10 @@ mod tests {
         );
         assert_eq!(
             ask(vec![
-                Says(Err(|| ProviderError::Unreachable(
-                    "s".into(),
-                    "down".into()
-                ))),
+                Says(Err(|| ProviderError::Unreachable {
+                    endpoint: "s".into(),
+                    source: "down".into()
+                })),
                 Says(Ok("web"))
             ])
             .await,
