@@ -6,8 +6,7 @@
 
 use agent_common::{
     CGROUP_EVENT_FLAG_TRUNCATED, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RMDIR, CGROUP_PATH_CAP,
-    CGROUP_RINGBUF_BYTES,
-    CgroupEvent, counter, offsets,
+    CGROUP_RINGBUF_BYTES, CgroupEvent, counter, offsets,
 };
 use aya_ebpf::{
     EbpfContext as _,

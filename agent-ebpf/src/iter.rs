@@ -221,7 +221,8 @@ fn find_cpu_offsets() {
     }
     let map = &PERCPU_PROBE as *const PerCpuArray<u64>;
     let base = unsafe { launder(map) };
-    let Ok(pptr) = (unsafe { read::<u64>(base + u64::from(global(&ITER_OFFSETS.array_pptrs))) }) else {
+    let Ok(pptr) = (unsafe { read::<u64>(base + u64::from(global(&ITER_OFFSETS.array_pptrs))) })
+    else {
         return;
     };
     let key = 0u32;
@@ -250,7 +251,8 @@ unsafe fn cpuacct(cgrp: u64, rec: &mut CgroupStats) {
     let Some(css) = (unsafe { css(cgrp, &ITER_OFFSETS.cgroup_cpuacct) }) else {
         return;
     };
-    let Ok(usage) = (unsafe { read::<u64>(css + u64::from(global(&ITER_OFFSETS.cpuacct_usage))) }) else {
+    let Ok(usage) = (unsafe { read::<u64>(css + u64::from(global(&ITER_OFFSETS.cpuacct_usage))) })
+    else {
         return;
     };
     let mut sum = 0u64;

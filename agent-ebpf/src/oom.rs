@@ -13,8 +13,7 @@
 
 use agent_common::{
     OOM_FLAG_LIMIT_FOUND, OOM_FLAG_MEMCG, OOM_RINGBUF_BYTES, OOM_SOURCE_BTF, OOM_SOURCE_TRACEPOINT,
-    OomEvent,
-    TASK_COMM_LEN, counter, offsets,
+    OomEvent, TASK_COMM_LEN, counter, offsets,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -136,9 +135,15 @@ unsafe fn walk_memcg(task: *const u8, ev: *mut OomEvent, victim: bool) -> Result
             (*ev).flags |= OOM_FLAG_MEMCG;
         }
         for _ in 0..MAX_DEPTH {
-            if at_limit(css, global(&OOM_BTF_OFFSETS.memcg_usage), global(&OOM_BTF_OFFSETS.memcg_max))
-                || at_limit(css, global(&OOM_BTF_OFFSETS.memsw_usage), global(&OOM_BTF_OFFSETS.memsw_max))
-            {
+            if at_limit(
+                css,
+                global(&OOM_BTF_OFFSETS.memcg_usage),
+                global(&OOM_BTF_OFFSETS.memcg_max),
+            ) || at_limit(
+                css,
+                global(&OOM_BTF_OFFSETS.memsw_usage),
+                global(&OOM_BTF_OFFSETS.memsw_max),
+            ) {
                 (*ev).oom_memcg_id = kn_id(css)?;
                 (*ev).flags |= OOM_FLAG_LIMIT_FOUND;
                 break;
@@ -169,7 +174,8 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
 }
 
 fn fill_tp(ctx: &TracePointContext, ev: *mut OomEvent) -> Result<(), i64> {
-    let pid: i32 = unsafe { ctx.read_at(global(&OOM_TP_OFFSETS.pid) as usize) }.map_err(|e| e as i64)?;
+    let pid: i32 =
+        unsafe { ctx.read_at(global(&OOM_TP_OFFSETS.pid) as usize) }.map_err(|e| e as i64)?;
     let comm_at = global(&OOM_TP_OFFSETS.comm);
     unsafe {
         (*ev).source = OOM_SOURCE_TRACEPOINT;
@@ -193,9 +199,11 @@ fn fill_tp(ctx: &TracePointContext, ev: *mut OomEvent) -> Result<(), i64> {
             let current = read::<i32>(task, global(&OOM_BTF_OFFSETS.task_pid));
             let is_victim = current == Ok(pid);
             if is_victim {
-                (*ev).tgid = read::<i32>(task, global(&OOM_BTF_OFFSETS.task_tgid)).unwrap_or(0) as u32;
+                (*ev).tgid =
+                    read::<i32>(task, global(&OOM_BTF_OFFSETS.task_tgid)).unwrap_or(0) as u32;
                 if comm_at == 0
-                    && let Ok(comm) = read::<[u8; TASK_COMM_LEN]>(task, global(&OOM_BTF_OFFSETS.task_comm))
+                    && let Ok(comm) =
+                        read::<[u8; TASK_COMM_LEN]>(task, global(&OOM_BTF_OFFSETS.task_comm))
                 {
                     (*ev).comm = comm;
                 }
