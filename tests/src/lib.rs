@@ -3,6 +3,8 @@
 
 pub mod cgroups;
 pub mod containerd;
+pub mod daemonset;
+pub mod podman;
 pub mod prometheus;
 pub mod validate;
 
@@ -78,20 +80,23 @@ impl Agent {
             "{} is missing: run `cargo xtask test`",
             bin.display()
         );
+        let bin = bin.to_str().unwrap();
+        let words: Vec<&str> = wrapper.iter().copied().chain([bin]).collect();
+        Self::start_command(&words, args)
+    }
+
+    /// Starts the agent with a command line of `words` (a container
+    /// runtime's `run … image /usr/bin/cgscope`, say) and `args`.
+    pub fn start_command(words: &[&str], args: &[&str]) -> Self {
         let port = free_port();
         let dir = tempfile::Builder::new()
             .prefix("cgscope-e2e")
             .tempdir()
             .unwrap();
         let log = dir.path().join("agent.log");
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
+        let (first, rest) = words.split_first().expect("a command");
+        let mut cmd = Command::new(first);
+        cmd.args(rest);
         let child = cmd
             .args([
                 "--listen",
@@ -104,7 +109,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("starting {}: {e}", words.join(" ")));
         let mut agent = Self {
             child,
             port,

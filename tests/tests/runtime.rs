@@ -6,153 +6,16 @@
 use std::{
     io::{Read as _, Write as _},
     os::unix::net::UnixListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     thread,
     time::Duration,
 };
 
 use tests::{
     cgroups::{wait_for, CgroupTree},
+    podman::{Podman, BUSYBOX},
     require_root, Agent,
 };
-
-struct Podman {
-    dir: tempfile::TempDir,
-    service: Option<Child>,
-    /// Whether libpod_parent existed before the test (then it is not ours).
-    parent_existed: bool,
-    /// Likewise /run/containers, which podman 4.3 creates whatever it is told.
-    run_dir_existed: bool,
-}
-
-impl Podman {
-    fn new() -> Option<Self> {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())?;
-        if Command::new("podman").arg("--version").output().is_err()
-            || Command::new("runc").arg("--version").output().is_err()
-        {
-            return None;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("cgscope-podman")
-            .tempdir()
-            .ok()?;
-        let rootfs = dir.path().join("rootfs");
-        for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
-            std::fs::create_dir_all(rootfs.join(d)).ok()?;
-        }
-        std::fs::copy(busybox, rootfs.join("bin/busybox")).ok()?;
-        for applet in ["sh", "sleep", "tail", "cat"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).ok()?;
-        }
-        // Everything podman keeps goes below the test's directory.
-        std::fs::write(
-            dir.path().join("containers.conf"),
-            format!(
-                "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\nnetns = \"none\"\n\
-                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
-                 tmp_dir = \"{0}/tmp\"\n[network]\nnetwork_config_dir = \"{0}/networks\"\n",
-                dir.path().display()
-            ),
-        )
-        .ok()?;
-        let mut p = Self {
-            dir,
-            service: None,
-            parent_existed: Path::new("/sys/fs/cgroup/memory/libpod_parent").exists(),
-            run_dir_existed: Path::new("/run/containers").exists(),
-        };
-        let tar = p.dir.path().join("rootfs.tar");
-        assert!(Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap()
-            .success());
-        assert!(p
-            .cmd()
-            .args(["import", "-q"])
-            .arg(&tar)
-            .arg("localhost/cgscope-busybox:test")
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success());
-        let socket = p.socket();
-        p.service = Some(
-            p.cmd()
-                .args(["system", "service", "--time=0"])
-                .arg(format!("unix://{}", socket.display()))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        wait_for("the podman API socket", Duration::from_secs(20), || {
-            socket.exists()
-        });
-        Some(p)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("podman.sock")
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.arg("--root")
-            .arg(self.dir.path().join("storage"))
-            .arg("--runroot")
-            .arg(self.dir.path().join("run"))
-            .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"));
-        c
-    }
-
-    /// Runs a detached container; returns its id.
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.cmd().args(["run", "-d"]).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "podman run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.cmd().args(["rm", "-a", "-f", "-t", "0"]).output();
-        if let Some(mut s) = self.service.take() {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-        let _ = self.cmd().args(["rmi", "-a", "-f"]).output();
-        if !self.run_dir_existed {
-            let _ = std::fs::remove_dir(Path::new("/run/containers/networks"));
-            let _ = std::fs::remove_dir(Path::new("/run/containers"));
-        }
-        // podman leaves its parent cgroups behind; they are ours to remove
-        // when they did not exist before.
-        if !self.parent_existed {
-            for h in std::fs::read_dir("/sys/fs/cgroup")
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let parent = h.path().join("libpod_parent");
-                let _ = std::fs::remove_dir(parent.join("conmon"));
-                let _ = std::fs::remove_dir(&parent);
-            }
-        }
-    }
-}
 
 #[test]
 fn podman_containers_get_their_name_image_limits_and_oom_count() {
@@ -187,7 +50,7 @@ fn podman_containers_get_their_name_image_limits_and_oom_count() {
         "team=storage",
         "--env",
         "SECRET=hunter2",
-        "localhost/cgscope-busybox:test",
+        BUSYBOX,
         "/bin/sh",
         "-c",
         "while :; do :; done",
@@ -199,11 +62,7 @@ fn podman_containers_get_their_name_image_limits_and_oom_count() {
         || {
             agent.scrape().value(
                 "container_spec_memory_limit_bytes",
-                &[
-                    ("id", &path),
-                    ("name", &name),
-                    ("image", "localhost/cgscope-busybox:test"),
-                ],
+                &[("id", &path), ("name", &name), ("image", BUSYBOX)],
             ) == Some(67108864.0)
         },
     );
@@ -243,13 +102,7 @@ fn podman_containers_get_their_name_image_limits_and_oom_count() {
     );
 
     // A memory hog that the OOM killer ends; its count outlives it.
-    let hog = podman.run(&[
-        "--memory",
-        "64m",
-        "localhost/cgscope-busybox:test",
-        "/bin/tail",
-        "/dev/zero",
-    ]);
+    let hog = podman.run(&["--memory", "64m", BUSYBOX, "/bin/tail", "/dev/zero"]);
     let hog_path = format!("/libpod_parent/libpod-{hog}");
     wait_for(
         "the hog's OOM kill after its cgroup is gone",
