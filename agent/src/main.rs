@@ -108,7 +108,6 @@ async fn run(config: Config) -> Result<()> {
         &mut tasks,
     )
     .await?;
-    memory::release_startup_memory();
     let oom = oom.start(&mut tasks);
     let cache = Arc::new(StatsCache::new(
         config.storage_duration,
@@ -125,6 +124,8 @@ async fn run(config: Config) -> Result<()> {
     )
     .await?;
     let counters = kernel.as_mut().map(ebpf::Kernel::loaded).transpose()?;
+    // The kernel's BTF and the first walk are behind us.
+    memory::release_startup_memory();
     tracing::info!(
         discovery = discovery.name(),
         oom = oom.name(),
