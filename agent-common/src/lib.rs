@@ -187,6 +187,9 @@ pub mod names {
     pub const MARK_VICTIM_TP: &str = "mark_victim_tp";
     pub const CGROUP_STATS_ITER: &str = "cgroup_stats";
 
+    /// The `target` of the programs' aya-log messages, in the agent's log.
+    pub const LOG_TARGET: &str = "cgscope::bpf_programs";
+
     /// Globals, one per program family (see [`offsets`](super::offsets)).
     pub const CGROUP_TP_OFFSETS: &str = "CGROUP_TP_OFFSETS";
     pub const CGROUP_BTF_OFFSETS: &str = "CGROUP_BTF_OFFSETS";

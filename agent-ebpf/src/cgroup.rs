@@ -6,7 +6,7 @@
 
 use agent_common::{
     CGROUP_EVENT_FLAG_TRUNCATED, CGROUP_EVENT_MKDIR, CGROUP_EVENT_RMDIR, CGROUP_PATH_CAP,
-    CGROUP_RINGBUF_BYTES, CgroupEvent, counter, offsets,
+    CGROUP_RINGBUF_BYTES, CgroupEvent, counter, names, offsets,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -15,6 +15,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
+use aya_log_ebpf::debug;
 
 #[map]
 static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(CGROUP_RINGBUF_BYTES, 0);
@@ -85,8 +86,16 @@ pub fn cgroup_rmdir_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// A kernel read that failed: the helper's error and the offset it read
+/// at, for the debug log (`--log-level agent_ebpf=debug`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failed {
+    pub code: i64,
+    pub off: u32,
+}
+
 #[inline(always)]
-unsafe fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
+unsafe fn read<T>(base: *const u8, off: u32) -> Result<T, Failed> {
     let mut v = core::mem::MaybeUninit::<T>::uninit();
     let rc = unsafe {
         bpf_probe_read_kernel(
@@ -96,7 +105,7 @@ unsafe fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
         )
     };
     if rc != 0 {
-        return Err(rc);
+        return Err(Failed { code: rc, off });
     }
     Ok(unsafe { v.assume_init() })
 }
@@ -110,11 +119,14 @@ fn emit_btf(ctx: &BtfTracePointContext, kind: u32) {
     // The tracepoint's prototype: (struct cgroup *cgrp, const char *path).
     let cgrp: *const u8 = ctx.arg(0);
     let path: *const u8 = ctx.arg(1);
-    if unsafe { fill_btf(cgrp, path, kind, entry.as_mut_ptr()) }.is_ok() {
-        entry.submit(0);
-    } else {
-        entry.discard(0);
-        bump(&COUNTERS, counter::CGROUP_READ_ERRORS);
+    match unsafe { fill_btf(cgrp, path, kind, entry.as_mut_ptr()) } {
+        Ok(()) => entry.submit(0),
+        Err(e) => {
+            entry.discard(0);
+            bump(&COUNTERS, counter::CGROUP_READ_ERRORS);
+            debug!(ctx, target: names::LOG_TARGET, "cgroup_*_btf: reading struct cgroup at offset {} failed: {}", e.off, e.code
+            );
+        }
     }
 }
 
@@ -124,7 +136,7 @@ unsafe fn fill_btf(
     path: *const u8,
     kind: u32,
     ev: *mut CgroupEvent,
-) -> Result<(), i64> {
+) -> Result<(), Failed> {
     unsafe {
         let root: *const u8 = read(cgrp, global(&CGROUP_BTF_OFFSETS.root))?;
         let kn: *const u8 = read(cgrp, global(&CGROUP_BTF_OFFSETS.kn))?;
@@ -141,7 +153,8 @@ unsafe fn fill_btf(
             path as *const core::ffi::c_void,
         );
         if n < 0 {
-            return Err(n);
+            // Offset 0: the path, the tracepoint's second argument.
+            return Err(Failed { code: n, off: 0 });
         }
         // A full buffer may have cut the path (or it fit exactly: then the
         // walk adds it all the same).
@@ -162,26 +175,38 @@ fn emit(ctx: &TracePointContext, kind: u32) {
         bump(&COUNTERS, counter::CGROUP_RINGBUF_DROPS);
         return;
     };
-    if fill(ctx, kind, entry.as_mut_ptr()).is_ok() {
-        entry.submit(0);
-    } else {
-        entry.discard(0);
-        bump(&COUNTERS, counter::CGROUP_READ_ERRORS);
+    match fill(ctx, kind, entry.as_mut_ptr()) {
+        Ok(()) => entry.submit(0),
+        Err(e) => {
+            entry.discard(0);
+            bump(&COUNTERS, counter::CGROUP_READ_ERRORS);
+            debug!(ctx, target: names::LOG_TARGET, "cgroup_*: reading the record at offset {} failed: {}", e.off, e.code
+            );
+        }
     }
 }
 
 #[inline(always)]
-fn fill(ctx: &TracePointContext, kind: u32, ev: *mut CgroupEvent) -> Result<(), i32> {
-    let root: i32 = unsafe { ctx.read_at(global(&CGROUP_TP_OFFSETS.root) as usize)? };
-    let level: i32 = unsafe { ctx.read_at(global(&CGROUP_TP_OFFSETS.level) as usize)? };
-    let id: u64 = if global(&CGROUP_TP_OFFSETS.id_size) == 8 {
-        unsafe { ctx.read_at(global(&CGROUP_TP_OFFSETS.id) as usize)? }
+fn fill(ctx: &TracePointContext, kind: u32, ev: *mut CgroupEvent) -> Result<(), Failed> {
+    let at = |off: u32| {
+        move |code: i32| Failed {
+            code: code.into(),
+            off,
+        }
+    };
+    let o = &CGROUP_TP_OFFSETS;
+    let root: i32 =
+        unsafe { ctx.read_at(global(&o.root) as usize) }.map_err(at(global(&o.root)))?;
+    let level: i32 =
+        unsafe { ctx.read_at(global(&o.level) as usize) }.map_err(at(global(&o.level)))?;
+    let id: u64 = if global(&o.id_size) == 8 {
+        unsafe { ctx.read_at(global(&o.id) as usize) }.map_err(at(global(&o.id)))?
     } else {
-        u64::from(unsafe { ctx.read_at::<u32>(global(&CGROUP_TP_OFFSETS.id) as usize)? })
+        u64::from(unsafe { ctx.read_at::<u32>(global(&o.id) as usize) }.map_err(at(global(&o.id)))?)
     };
     // __data_loc: low 16 bits offset from the record start, high 16 length
     // (including the NUL).
-    let loc: u32 = unsafe { ctx.read_at(global(&CGROUP_TP_OFFSETS.path) as usize)? };
+    let loc: u32 = unsafe { ctx.read_at(global(&o.path) as usize) }.map_err(at(global(&o.path)))?;
     let (off, len) = ((loc & 0xffff) as usize, (loc >> 16) as usize);
     let mut flags = 0;
     let mut n = len;
@@ -205,7 +230,10 @@ fn fill(ctx: &TracePointContext, kind: u32, ev: *mut CgroupEvent) -> Result<(), 
         let dst = core::ptr::addr_of_mut!((*ev).path) as *mut core::ffi::c_void;
         let rc = bpf_probe_read_kernel(dst, n as u32, src as *const core::ffi::c_void);
         if rc != 0 {
-            return Err(rc as i32);
+            return Err(Failed {
+                code: rc,
+                off: off as u32,
+            });
         }
     }
     Ok(())

@@ -13,7 +13,7 @@
 
 use agent_common::{
     OOM_FLAG_LIMIT_FOUND, OOM_FLAG_MEMCG, OOM_RINGBUF_BYTES, OOM_SOURCE_BTF, OOM_SOURCE_TRACEPOINT,
-    OomEvent, TASK_COMM_LEN, counter, offsets,
+    OomEvent, TASK_COMM_LEN, counter, names, offsets,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -25,8 +25,9 @@ use aya_ebpf::{
     maps::RingBuf,
     programs::{BtfTracePointContext, TracePointContext},
 };
+use aya_log_ebpf::debug;
 
-use crate::cgroup::{COUNTERS, bump, global};
+use crate::cgroup::{COUNTERS, Failed, bump, global};
 
 #[map]
 static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(OOM_RINGBUF_BYTES, 0);
@@ -62,8 +63,11 @@ static OOM_TP_OFFSETS: offsets::OomTp = offsets::OomTp { pid: 8, comm: 12 };
 const MAX_DEPTH: usize = 16;
 
 #[inline(always)]
-unsafe fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
-    unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T) }.map_err(|e| e as i64)
+unsafe fn read<T>(base: *const u8, off: u32) -> Result<T, Failed> {
+    unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T) }.map_err(|e| Failed {
+        code: e as i64,
+        off,
+    })
 }
 
 #[btf_tracepoint(function = "mark_victim")]
@@ -75,17 +79,20 @@ pub fn mark_victim_btf(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let ev = entry.as_mut_ptr();
-    if unsafe { fill_btf(task, ev) }.is_ok() {
-        entry.submit(0);
-    } else {
-        entry.discard(0);
-        bump(&COUNTERS, counter::OOM_READ_ERRORS);
+    match unsafe { fill_btf(task, ev) } {
+        Ok(()) => entry.submit(0),
+        Err(e) => {
+            entry.discard(0);
+            bump(&COUNTERS, counter::OOM_READ_ERRORS);
+            debug!(&ctx, target: names::LOG_TARGET, "mark_victim_btf: a read at offset {} failed: {}", e.off, e.code
+            );
+        }
     }
     0
 }
 
 #[inline(always)]
-unsafe fn kn_id(css: *const u8) -> Result<u64, i64> {
+unsafe fn kn_id(css: *const u8) -> Result<u64, Failed> {
     unsafe {
         let cgrp: *const u8 = read(css, global(&OOM_BTF_OFFSETS.css_cgroup))?;
         let kn: *const u8 = read(cgrp, global(&OOM_BTF_OFFSETS.cgroup_kn))?;
@@ -106,7 +113,7 @@ unsafe fn at_limit(css: *const u8, usage_off: u32, max_off: u32) -> bool {
     usage.saturating_add(u64::from(global(&LIMIT_SLACK_PAGES))) >= max
 }
 
-unsafe fn fill_btf(task: *const u8, ev: *mut OomEvent) -> Result<(), i64> {
+unsafe fn fill_btf(task: *const u8, ev: *mut OomEvent) -> Result<(), Failed> {
     unsafe {
         (*ev).source = OOM_SOURCE_BTF;
         (*ev).flags = 0;
@@ -123,7 +130,7 @@ unsafe fn fill_btf(task: *const u8, ev: *mut OomEvent) -> Result<(), i64> {
 /// From `task`'s memory cgroup (the victim's when `victim`) up to the
 /// first one at its limit.
 #[inline(always)]
-unsafe fn walk_memcg(task: *const u8, ev: *mut OomEvent, victim: bool) -> Result<(), i64> {
+unsafe fn walk_memcg(task: *const u8, ev: *mut OomEvent, victim: bool) -> Result<(), Failed> {
     unsafe {
         let cgroups: *const u8 = read(task, global(&OOM_BTF_OFFSETS.task_cgroups))?;
         let mut css: *const u8 = read(cgroups, global(&OOM_BTF_OFFSETS.css_set_memory))?;
@@ -164,18 +171,27 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
         bump(&COUNTERS, counter::OOM_RINGBUF_DROPS);
         return 0;
     };
-    if fill_tp(&ctx, entry.as_mut_ptr()).is_ok() {
-        entry.submit(0);
-    } else {
-        entry.discard(0);
-        bump(&COUNTERS, counter::OOM_READ_ERRORS);
+    match fill_tp(&ctx, entry.as_mut_ptr()) {
+        Ok(()) => entry.submit(0),
+        Err(e) => {
+            entry.discard(0);
+            bump(&COUNTERS, counter::OOM_READ_ERRORS);
+            debug!(&ctx, target: names::LOG_TARGET, "mark_victim_tp: a read at offset {} failed: {}", e.off, e.code
+            );
+        }
     }
     0
 }
 
-fn fill_tp(ctx: &TracePointContext, ev: *mut OomEvent) -> Result<(), i64> {
-    let pid: i32 =
-        unsafe { ctx.read_at(global(&OOM_TP_OFFSETS.pid) as usize) }.map_err(|e| e as i64)?;
+fn fill_tp(ctx: &TracePointContext, ev: *mut OomEvent) -> Result<(), Failed> {
+    let at = |off: u32| {
+        move |code: i32| Failed {
+            code: code.into(),
+            off,
+        }
+    };
+    let pid_at = global(&OOM_TP_OFFSETS.pid);
+    let pid: i32 = unsafe { ctx.read_at(pid_at as usize) }.map_err(at(pid_at))?;
     let comm_at = global(&OOM_TP_OFFSETS.comm);
     unsafe {
         (*ev).source = OOM_SOURCE_TRACEPOINT;
@@ -188,16 +204,19 @@ fn fill_tp(ctx: &TracePointContext, ev: *mut OomEvent) -> Result<(), i64> {
         (*ev).comm = [0; TASK_COMM_LEN];
         // Older kernels record no comm (offset 0).
         if comm_at != 0 {
-            let loc: u32 = ctx.read_at(comm_at as usize).map_err(|e| e as i64)?;
+            let loc: u32 = ctx.read_at(comm_at as usize).map_err(at(comm_at))?;
             let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
             (*ev).comm =
-                bpf_probe_read_kernel(src as *const [u8; TASK_COMM_LEN]).map_err(|e| e as i64)?;
+                bpf_probe_read_kernel(src as *const [u8; TASK_COMM_LEN]).map_err(|e| Failed {
+                    code: e as i64,
+                    off: loc & 0xffff,
+                })?;
         }
         // Without BTF offsets the agent resolves the victim from /proc alone.
         if global(&OOM_BTF_OFFSETS.task_cgroups) != 0 {
             let task = bpf_get_current_task() as *const u8;
             let current = read::<i32>(task, global(&OOM_BTF_OFFSETS.task_pid));
-            let is_victim = current == Ok(pid);
+            let is_victim = matches!(current, Ok(p) if p == pid);
             if is_victim {
                 (*ev).tgid =
                     read::<i32>(task, global(&OOM_BTF_OFFSETS.task_tgid)).unwrap_or(0) as u32;
@@ -210,8 +229,12 @@ fn fill_tp(ctx: &TracePointContext, ev: *mut OomEvent) -> Result<(), i64> {
             }
             // The pid alone still names the victim: a failed walk is
             // counted, not fatal.
-            if walk_memcg(task, ev, is_victim).is_err() {
+            if let Err(e) = walk_memcg(task, ev, is_victim) {
                 bump(&COUNTERS, counter::OOM_READ_ERRORS);
+                debug!(ctx, target: names::LOG_TARGET, "mark_victim_tp: walking the memory cgroups, a read at offset {} failed: {}",
+                    e.off,
+                    e.code
+                );
             }
         }
     }

@@ -52,6 +52,12 @@ pub struct Config {
     #[arg(long, hide = true)]
     pub ebpf_classic_tracepoints: bool,
 
+    /// Tests only: the cgroup `tp_btf` programs read at a wrong offset, so
+    /// that their reads fail (counted, and logged under
+    /// `cgscope::bpf_programs` at debug level).
+    #[arg(long, hide = true)]
+    pub ebpf_test_unreadable_cgroup: bool,
+
     /// The kernel log to parse for OOM kills: /dev/kmsg (followed from its
     /// end), or a file of records in the same format (read from its start
     /// and followed).

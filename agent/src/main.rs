@@ -90,7 +90,7 @@ async fn run(config: Config) -> Result<()> {
     .start();
     tasks.spawn("registry", owner);
 
-    let mut kernel = ebpf::start::load(&config)?;
+    let mut kernel = ebpf::start::load(&config, &mut tasks)?;
     // Programs attach before the first walk, so nothing happens unseen.
     let oom = oom::start::open(
         &config,

@@ -273,3 +273,69 @@ fn auto_falls_back_to_inotify_when_bpf_is_not_permitted() {
         .collect();
     assert_eq!(fallbacks.len(), 1, "one clear line:\n{log}");
 }
+
+#[test]
+fn a_kernel_read_that_fails_is_counted_logged_with_its_offset_and_repaired_by_the_walk() {
+    let test =
+        "a_kernel_read_that_fails_is_counted_logged_with_its_offset_and_repaired_by_the_walk";
+    if !require_root(test) {
+        return;
+    }
+    if !expect_ebpf() {
+        tests::skip(
+            "CGSCOPE_EXPECT_EBPF is not set (run `cargo xtask test`, which builds the eBPF object)",
+        );
+        return;
+    }
+    let agent = Agent::start(&[
+        "--discovery",
+        "ebpf",
+        "--ebpf-test-unreadable-cgroup",
+        "--log-level",
+        "info,cgscope::bpf_programs=debug",
+        "--global-housekeeping-interval",
+        "1s",
+    ]);
+    assert!(
+        agent.log().contains("\"program\":\"cgroup_mkdir_btf\""),
+        "the tp_btf programs, whose offsets the flag breaks:\n{}",
+        agent.log()
+    );
+    let tree = CgroupTree::new("unreadable", HIERARCHIES);
+    tree.mkdir("a").unwrap();
+    let a = tree.path("a");
+    let read_errors = || {
+        agent
+            .scrape_agent()
+            .value("cgscope_ebpf_read_errors_total", &[("program", "cgroup")])
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        "the failed reads are counted",
+        Duration::from_secs(10),
+        || read_errors() >= 1.0,
+    );
+    // The program's message names the offset it read at.
+    wait_for(
+        "the program's debug message",
+        Duration::from_secs(10),
+        || {
+            agent.log().lines().any(|l| {
+                l.contains("cgscope::bpf_programs") && l.contains("reading struct cgroup at offset")
+            })
+        },
+    );
+    // What the events missed, the walk adds.
+    wait_for(
+        "the walk repairs the missed cgroup",
+        Duration::from_secs(10),
+        || live_ids_under(&agent, &a) == [a.clone()],
+    );
+    assert!(
+        agent
+            .scrape_agent()
+            .value("cgscope_discovery_repairs_total", &[("kind", "added")])
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}

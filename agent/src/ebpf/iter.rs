@@ -287,7 +287,11 @@ const DUMP_PASSES: usize = 5;
 pub fn dump(dir: &Path) -> anyhow::Result<()> {
     use anyhow::Context as _;
     super::raise_memlock_rlimit();
-    let mut kernel = Kernel::load_with(STATS_CAPACITY).context("loading the eBPF object")?;
+    let mut kernel = Kernel::load(super::LoadOptions {
+        iter_capacity: STATS_CAPACITY,
+        ..Default::default()
+    })
+    .context("loading the eBPF object")?;
     let mut iter = CgroupIter::new(&mut kernel).context("loading the cgroup iterator")?;
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;

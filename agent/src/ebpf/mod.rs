@@ -4,6 +4,7 @@
 pub mod btf;
 pub mod iter;
 pub mod layout;
+pub mod log;
 pub mod oom_layout;
 pub mod ring;
 pub mod start;
@@ -94,6 +95,20 @@ pub struct Kernel {
     /// The kernel's BTF as aya loads programs against it: parsed on the
     /// first program that needs it, dropped by [`Kernel::forget_btf`].
     aya_btf: Option<aya::Btf>,
+    /// The programs' debug messages, when wanted.
+    logger: Option<log::Logger>,
+}
+
+/// How the object is loaded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Records the cgroup iterator's output holds (0 when it is not used:
+    /// its array then takes no memory to speak of).
+    pub iter_capacity: u32,
+    /// Tests only: the cgroup `tp_btf` programs read the kernfs node at a
+    /// wrong offset, so that their reads fail (counted, and logged at debug
+    /// level), and the walk must find what they miss.
+    pub unreadable_cgroup: bool,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -138,7 +153,8 @@ impl Kernel {
     /// takes no memory to speak of). Programs are attached separately, per
     /// subsystem, so one that cannot work here (a layout that does not
     /// parse) does not take the others down.
-    pub fn load_with(iter_capacity: u32) -> Result<Self, EbpfError> {
+    pub fn load(options: LoadOptions) -> Result<Self, EbpfError> {
+        let iter_capacity = options.iter_capacity;
         let object = embedded_object().ok_or(EbpfError::NoObject)?;
         // Only the classic tracepoints need tracefs (their formats and
         // ids): without it (a container whose host never mounted it) the
@@ -180,9 +196,18 @@ impl Kernel {
         if let Ok(o) = &cgroup {
             loader.override_global(names::CGROUP_TP_OFFSETS, o, true);
         }
+        let cgroup_btf = cgroup_btf.map(|mut o| {
+            if options.unreadable_cgroup {
+                // An int read as the node's pointer: not an address.
+                o.kn = o.level;
+            }
+            o
+        });
         if let Ok(o) = &cgroup_btf {
             loader.override_global(names::CGROUP_BTF_OFFSETS, o, true);
         }
+        let log_level = log::level();
+        loader.override_global(aya_log::LEVEL, &log_level, true);
         if let Ok(o) = &oom_btf {
             loader.override_global(names::OOM_BTF_OFFSETS, o, true);
         }
@@ -196,9 +221,16 @@ impl Kernel {
             names::CGROUP_STATS,
             iter_capacity.clamp(1, agent_common::STATS_CAPACITY) + 1,
         );
-        let ebpf = loader.load(object)?;
+        let mut ebpf = loader.load(object)?;
+        let logger = match log_level {
+            0 => None,
+            _ => aya_log::EbpfLogger::init(&mut ebpf)
+                .inspect_err(|e| tracing::warn!(error = %Chain(e), "the eBPF programs' log is not available"))
+                .ok(),
+        };
         Ok(Self {
             ebpf,
+            logger,
             attached: Vec::new(),
             tracefs: tracefs.ok(),
             aya_btf: None,
@@ -309,6 +341,11 @@ impl Kernel {
     }
 
     /// Every program is loaded: the parsed BTF (megabytes) can go.
+    /// The programs' debug messages, to forward (once).
+    pub fn take_logger(&mut self) -> Option<log::Logger> {
+        self.logger.take()
+    }
+
     /// Every subsystem has attached what it wanted: the BTF is dropped and
     /// the programs' counters are handed out.
     pub fn loaded(&mut self) -> Result<KernelCounters, EbpfError> {

@@ -3,9 +3,12 @@
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{embedded_object, raise_memlock_rlimit, EbpfError, Kernel};
-use crate::config::{CollectorMode, Config, DiscoveryMode, OomSource};
+use super::{embedded_object, raise_memlock_rlimit, EbpfError, Kernel, LoadOptions};
 use crate::errors::Chain;
+use crate::{
+    config::{CollectorMode, Config, DiscoveryMode, OomSource},
+    supervise::Tasks,
+};
 
 /// The flags that require eBPF, as written.
 fn forced(config: &Config) -> Option<&'static str> {
@@ -21,7 +24,7 @@ fn forced(config: &Config) -> Option<&'static str> {
 /// The loaded object, or `None` when no subsystem wants eBPF or it is not
 /// available (logged once: every subsystem then falls back). A flag that
 /// requires eBPF fails the start instead.
-pub fn load(config: &Config) -> Result<Option<Kernel>> {
+pub fn load(config: &Config, tasks: &mut Tasks) -> Result<Option<Kernel>> {
     let want_iter = config.collector != CollectorMode::Files;
     let wanted = config.discovery != DiscoveryMode::Inotify
         || config.oom_source != OomSource::Kmsg
@@ -46,8 +49,18 @@ pub fn load(config: &Config) -> Result<Option<Kernel>> {
     } else {
         0
     };
-    match Kernel::load_with(capacity) {
-        Ok(k) => Ok(Some(k)),
+    let options = LoadOptions {
+        iter_capacity: capacity,
+        unreadable_cgroup: config.ebpf_test_unreadable_cgroup,
+    };
+    match Kernel::load(options) {
+        Ok(mut k) => {
+            if let Some(logger) = k.take_logger() {
+                tracing::debug!(target: super::log::TARGET, "forwarding the eBPF programs' debug messages");
+                tasks.spawn("bpf-log", super::log::forward(logger));
+            }
+            Ok(Some(k))
+        }
         Err(e) => match forced(config) {
             Some(flag) => Err(e).context(format!("{flag}: eBPF required")),
             None => {
