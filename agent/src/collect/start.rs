@@ -13,25 +13,14 @@ use crate::{
     ebpf::{iter::CgroupIter, Kernel},
     errors::{Chain, ErrorCounts},
     registry::Handle,
-    status::SubsystemMode,
     supervise::Tasks,
 };
 
-/// Where the values the iterator can read come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Iter,
-    Files,
-}
-
-impl SubsystemMode for Mode {
-    const SUBSYSTEM: &'static str = "collector";
-    const NAMES: &'static [&'static str] = &["iter", "files"];
-    fn name(self) -> &'static str {
-        match self {
-            Self::Iter => "iter",
-            Self::Files => "files",
-        }
+crate::status::subsystem_mode! {
+    /// Where the values the iterator can read come from.
+    pub enum Mode in "collector" {
+        Iter => "iter",
+        Files => "files",
     }
 }
 

@@ -13,25 +13,14 @@ use crate::{
     ebpf::{ring::RingReader, EbpfError, Kernel},
     errors::Chain,
     messages::Msg,
-    status::SubsystemMode,
     supervise::Tasks,
 };
 
-/// Where cgroup creations and removals come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Ebpf,
-    Inotify,
-}
-
-impl SubsystemMode for Mode {
-    const SUBSYSTEM: &'static str = "discovery";
-    const NAMES: &'static [&'static str] = &["ebpf", "inotify"];
-    fn name(self) -> &'static str {
-        match self {
-            Self::Ebpf => "ebpf",
-            Self::Inotify => "inotify",
-        }
+crate::status::subsystem_mode! {
+    /// Where cgroup creations and removals come from.
+    pub enum Mode in "discovery" {
+        Ebpf => "ebpf",
+        Inotify => "inotify",
     }
 }
 

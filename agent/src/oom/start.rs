@@ -13,28 +13,16 @@ use crate::{
     ebpf::{ring::RingReader, EbpfError, Kernel},
     errors::Chain,
     messages::Msg,
-    status::SubsystemMode,
     supervise::Tasks,
 };
 
-/// Where OOM kills come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Ebpf,
-    Kmsg,
-    /// Neither could be opened: only the kernel's per-cgroup counters.
-    None,
-}
-
-impl SubsystemMode for Mode {
-    const SUBSYSTEM: &'static str = "oom";
-    const NAMES: &'static [&'static str] = &["ebpf", "kmsg", "none"];
-    fn name(self) -> &'static str {
-        match self {
-            Self::Ebpf => "ebpf",
-            Self::Kmsg => "kmsg",
-            Self::None => "none",
-        }
+crate::status::subsystem_mode! {
+    /// Where OOM kills come from.
+    pub enum Mode in "oom" {
+        Ebpf => "ebpf",
+        Kmsg => "kmsg",
+        /// Neither could be opened: only the kernel's per-cgroup counters.
+        None => "none",
     }
 }
 
