@@ -397,8 +397,10 @@ fn usage_within(what: &str, v: u64, (lo, hi): (u64, u64), fluttered: &mut usize)
 }
 
 /// Each agent estimates a cgroup's creation from its first task's start
-/// (clock ticks since boot) and its own reading of the boot time, so two
-/// agents may differ by the microseconds between their clock reads.
+/// (clock ticks since boot) and its own reading of the boot time (the wall
+/// clock minus CLOCK_BOOTTIME, two reads), so two agents may differ by the
+/// time between those reads: microseconds on a host, up to tens of
+/// milliseconds in an emulated guest (8.6 ms seen in the 6.1 v2 cell).
 /// cAdvisor serves the same estimate under both names.
 const CREATION: &[&str] = &[
     "container_creation_time_seconds",
@@ -612,7 +614,8 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
         left.len()
     );
 
-    // Creation times agree to well within a clock tick.
+    // Creation times agree to within the two boot-time estimates' jitter;
+    // a value from the wrong cgroup or clock is off by seconds.
     for name in CREATION {
         let created = |a: &tests::Agent| {
             let m = a.scrape();
@@ -631,7 +634,7 @@ fn files_and_iterator_collectors_serve_the_same_metrics() {
             let other = ci
                 .get(id)
                 .unwrap_or_else(|| panic!("{id}: no {name} from the iterator agent"));
-            assert!((t - other).abs() < 0.005, "{id}: {name} {t} and {other}");
+            assert!((t - other).abs() < 0.05, "{id}: {name} {t} and {other}");
         }
     }
 
