@@ -24,6 +24,37 @@ use tests::{
 
 const IMAGE: &str = "localhost/cgscope-agent:test";
 
+/// Podman makes the container's parent cgroup, and conmon's beside it, in
+/// every hierarchy, not only the tree's: removed here, deepest first, even
+/// when the test fails. Only paths under this run's unique prefix.
+struct Leftovers(String);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        fn remove(dir: &Path) {
+            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&entry.path());
+                }
+            }
+            let _ = fs::remove_dir(dir);
+        }
+        let rel = self.0.trim_start_matches('/');
+        // Nothing made yet, or not a test's path: touch nothing.
+        if !rel.starts_with("cgscope-test-") || rel.contains('/') {
+            return;
+        }
+        let root = Path::new("/sys/fs/cgroup");
+        remove(&root.join(rel));
+        for h in fs::read_dir(root).into_iter().flatten().flatten() {
+            let dir = h.path().join(rel);
+            if dir.is_dir() {
+                remove(&dir);
+            }
+        }
+    }
+}
+
 /// A root holding `bin` at `/usr/bin/cgscope`, every library `ldd` lists
 /// for it at its path, and the folders the manifest mounts over.
 fn image_root(bin: &Path, root: &Path) {
@@ -55,6 +86,7 @@ fn the_agent_in_a_container_with_the_daemonsets_security_context_is_as_right_as_
     if !require_root(test) {
         return;
     }
+    let mut leftovers = Leftovers(String::new());
     let Some(podman) = Podman::new() else {
         tests::skip(
             "podman, runc and busybox-static are needed (`cargo xtask test` installs them)",
@@ -66,6 +98,7 @@ fn the_agent_in_a_container_with_the_daemonsets_security_context_is_as_right_as_
     image_root(&tests::agent_bin(), &root);
     podman.import(&root, IMAGE);
     let tree = CgroupTree::new("container", HIERARCHIES);
+    leftovers.0 = tree.prefix.clone();
     tree.mkdir("agent").unwrap();
 
     let name = format!("cgscope-agent-{}", std::process::id());
