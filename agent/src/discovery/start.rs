@@ -10,7 +10,7 @@ use super::{inotify::Watcher, walk::walk, DiscoveryStats, Filter};
 use crate::{
     cgroup::hierarchy::Hierarchies,
     config::{Config, DiscoveryMode},
-    ebpf::{ring::RingReader, EbpfError, Kernel},
+    ebpf::{ring::RingReader, start::or_fall_back, EbpfError, Kernel},
     errors::Chain,
     messages::Msg,
     supervise::Tasks,
@@ -43,16 +43,12 @@ pub async fn start(
                 .attach_cgroup(config.ebpf_classic_tracepoints)
                 .and_then(|()| k.take_ring_buf(agent_common::names::CGROUP_EVENTS))
                 .and_then(|r| RingReader::new(r).map_err(EbpfError::Poll));
-            match ring {
-                Ok(ring) => Some(ring),
-                Err(e) if config.discovery == DiscoveryMode::Ebpf => {
-                    return Err(e).context("--discovery ebpf")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %Chain(&e), "eBPF discovery not available: falling back to inotify");
-                    None
-                }
-            }
+            let required = (config.discovery == DiscoveryMode::Ebpf).then_some("--discovery ebpf");
+            or_fall_back(
+                ring,
+                required,
+                "eBPF discovery not available: falling back to inotify",
+            )?
         }
         _ => None,
     };

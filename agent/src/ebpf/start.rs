@@ -4,9 +4,9 @@
 use anyhow::{bail, Context as _, Result};
 
 use super::{embedded_object, raise_memlock_rlimit, EbpfError, Kernel, LoadOptions};
-use crate::errors::Chain;
 use crate::{
     config::{CollectorMode, Config, DiscoveryMode, OomSource},
+    errors::Chain,
     supervise::Tasks,
 };
 
@@ -68,5 +68,23 @@ pub fn load(config: &Config, tasks: &mut Tasks) -> Result<Option<Kernel>> {
                 Ok(None)
             }
         },
+    }
+}
+
+/// A subsystem's eBPF part: what it attached, or, when that failed, an
+/// error naming the flag that required it, else `None` with one warning
+/// naming the fallback.
+pub fn or_fall_back<T>(
+    attached: Result<T, EbpfError>,
+    required_by: Option<&'static str>,
+    fallback: &str,
+) -> Result<Option<T>> {
+    match (attached, required_by) {
+        (Ok(t), _) => Ok(Some(t)),
+        (Err(e), Some(flag)) => Err(e).context(flag),
+        (Err(e), None) => {
+            tracing::warn!(error = %Chain(&e), "{fallback}");
+            Ok(None)
+        }
     }
 }

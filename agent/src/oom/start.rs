@@ -3,14 +3,14 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use tokio::sync::mpsc;
 
 use super::OomStats;
 use crate::{
     cgroup::hierarchy::Hierarchies,
     config::{Config, OomSource},
-    ebpf::{ring::RingReader, EbpfError, Kernel},
+    ebpf::{ring::RingReader, start::or_fall_back, EbpfError, Kernel},
     errors::Chain,
     messages::Msg,
     supervise::Tasks,
@@ -59,19 +59,12 @@ pub fn open(
                     let ring = k.take_ring_buf(agent_common::names::OOM_EVENTS)?;
                     Ok((program, RingReader::new(ring).map_err(EbpfError::Poll)?))
                 });
-            match attached {
-                Ok((program, ring)) => {
-                    tracing::info!(?program, "OOM kills observed in the kernel");
-                    Some(ring)
-                }
-                Err(e) if config.oom_source == OomSource::Ebpf => {
-                    return Err(e).context("--oom-source ebpf")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %Chain(&e), "eBPF OOM source not available: falling back to /dev/kmsg");
-                    None
-                }
-            }
+            let required = (config.oom_source == OomSource::Ebpf).then_some("--oom-source ebpf");
+            let fallback = "eBPF OOM source not available: falling back to /dev/kmsg";
+            or_fall_back(attached, required, fallback)?.map(|(program, ring)| {
+                tracing::info!(?program, "OOM kills observed in the kernel");
+                ring
+            })
         }
         _ => None,
     };
