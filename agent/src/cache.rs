@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use crate::cgroup::stats::Sample;
+use crate::{
+    cgroup::stats::Sample,
+    telemetry::{Collector, DescriptorEncoder, Family, MetricType, Metrics},
+};
 
 #[derive(Debug)]
 pub struct StatsCache {
@@ -147,6 +150,31 @@ impl StatsCache {
                 1 + changes
             })
             .sum()
+    }
+}
+
+/// The cache's size, counted at each scrape (a view of the rings, not a
+/// count kept beside them).
+#[derive(Debug)]
+struct CacheSize(Arc<StatsCache>);
+
+impl StatsCache {
+    pub fn register(self: &Arc<Self>, m: &mut Metrics) {
+        m.register_collector(Box::new(CacheSize(self.clone())));
+    }
+}
+
+impl Collector for CacheSize {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let mut f = Family::new(
+            &mut encoder,
+            "cgscope_stats_cache_samples",
+            "Samples in the stats cache: all, and distinct (equal neighbours share storage).",
+            None,
+            MetricType::Gauge,
+        )?;
+        f.gauge(&[("kind", "all")], self.0.samples() as i64)?;
+        f.gauge(&[("kind", "distinct")], self.0.distinct_samples() as i64)
     }
 }
 

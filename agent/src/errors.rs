@@ -2,11 +2,11 @@
 //! malformed file, an odd kernel line, a vanished cgroup.
 
 use std::{
-    collections::BTreeMap,
     error::Error,
     fmt::{self, Display},
-    sync::Mutex,
 };
+
+use crate::telemetry::{self, Counters, Metrics};
 
 /// An error with its sources, `what failed: why: why`, for logs and
 /// reasons. The crate's errors say what failed and leave the cause to
@@ -25,29 +25,42 @@ impl Display for Chain<'_> {
     }
 }
 
+/// Counts of one component's errors by reason, exported as
+/// `cgscope_<component>_errors_total{<label>="<reason>"}`.
 #[derive(Debug, Default)]
 pub struct ErrorCounts {
     component: &'static str,
-    counts: Mutex<BTreeMap<&'static str, u64>>,
+    label: &'static str,
+    counts: Counters<1>,
 }
 
 impl ErrorCounts {
     pub fn new(component: &'static str) -> Self {
+        Self::by(component, "reason")
+    }
+
+    /// Counts whose label is `label` rather than `reason`.
+    pub fn by(component: &'static str, label: &'static str) -> Self {
         Self {
             component,
-            counts: Mutex::default(),
+            label,
+            counts: Counters::default(),
         }
+    }
+
+    /// Exports the counts, under `help`.
+    pub fn register(&self, metrics: &mut Metrics, help: &str) {
+        metrics.register(
+            format!("cgscope_{}_errors", self.component),
+            telemetry::help(help),
+            self.counts.clone(),
+        );
     }
 
     /// Counts one error; the first of each reason is logged as a warning,
     /// the rest at debug level so a flood cannot fill the log.
     pub fn record(&self, reason: &'static str, detail: impl Display) {
-        let first = {
-            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-            let n = counts.entry(reason).or_insert(0);
-            *n += 1;
-            *n == 1
-        };
+        let first = self.counts.get_or_create(&[(self.label, reason)]).inc() == 0;
         if first {
             tracing::warn!(
                 component = self.component,
@@ -60,15 +73,24 @@ impl ErrorCounts {
         }
     }
 
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.iter().map(|(k, v)| (*k, *v)).collect()
+    /// The counts' series as text, `""` when nothing was recorded.
+    #[cfg(test)]
+    pub fn recorded(&self) -> String {
+        let mut m = Metrics::default();
+        self.register(&mut m, "-");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut out, &m).unwrap();
+        out.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect()
     }
 
     #[cfg(test)]
-    pub fn get(&self, reason: &str) -> u64 {
-        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.get(reason).copied().unwrap_or(0)
+    pub fn get(&self, reason: &'static str) -> u64 {
+        self.counts
+            .get(&[(self.label, reason)])
+            .map_or(0, |c| c.get())
     }
 }
 
@@ -96,8 +118,26 @@ mod tests {
         e.record("vanished", "gone");
         e.record("vanished", "gone again");
         e.record("non_utf8_path", "bad bytes");
-        assert_eq!(e.snapshot(), vec![("non_utf8_path", 1), ("vanished", 2)]);
         assert_eq!(e.get("vanished"), 2);
+        assert_eq!(e.get("non_utf8_path"), 1);
         assert_eq!(e.get("other"), 0);
+    }
+
+    #[test]
+    fn exported_under_the_components_name_and_label() {
+        let e = ErrorCounts::by("runtime", "provider");
+        let mut m = Metrics::default();
+        e.register(&mut m, "Provider failures.");
+        e.record("cri", "unreachable");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m).unwrap();
+        assert!(
+            out.contains("# HELP cgscope_runtime_errors Provider failures.\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("cgscope_runtime_errors_total{provider=\"cri\"} 1\n"),
+            "{out}"
+        );
     }
 }

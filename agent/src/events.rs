@@ -10,6 +10,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::telemetry::{counter, Counters, Metrics};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum EventType {
     #[serde(rename = "containerCreation")]
@@ -140,8 +142,8 @@ pub struct EventStore {
     limits: PerType<usize>,
     ages: PerType<Duration>,
     events: BTreeMap<EventType, VecDeque<Event>>,
-    /// Every event ever added, by type, whether stored or not.
-    totals: BTreeMap<EventType, u64>,
+    /// Container creations and deletions ever added, stored or not.
+    lifecycle: Counters<1>,
 }
 
 pub type SharedEvents = Arc<Mutex<EventStore>>;
@@ -163,8 +165,20 @@ impl EventStore {
             limits,
             ages,
             events: BTreeMap::new(),
-            totals: BTreeMap::new(),
+            lifecycle: Counters::default(),
         }
+    }
+
+    /// Exports the container creations and deletions counted.
+    pub fn register(&self, m: &mut Metrics) {
+        for event in ["creation", "deletion"] {
+            counter(&self.lifecycle, [("event", event)]);
+        }
+        m.register(
+            "cgscope_container_lifecycle_events",
+            "Container creations and deletions seen, including containers shorter-lived than any interval",
+            self.lifecycle.clone(),
+        );
     }
 
     pub fn shared(self) -> SharedEvents {
@@ -172,7 +186,14 @@ impl EventStore {
     }
 
     pub fn add(&mut self, event: Event) {
-        *self.totals.entry(event.event_type).or_insert(0) += 1;
+        let lifecycle = match event.event_type {
+            EventType::ContainerCreation => Some("creation"),
+            EventType::ContainerDeletion => Some("deletion"),
+            _ => None,
+        };
+        if let Some(event) = lifecycle {
+            self.lifecycle.get_or_create(&[("event", event)]).inc();
+        }
         let limit = self.limits.get(event.event_type);
         if limit == 0 {
             return;
@@ -195,8 +216,12 @@ impl EventStore {
         }
     }
 
-    pub fn totals(&self) -> &BTreeMap<EventType, u64> {
-        &self.totals
+    /// Container `"creation"`s or `"deletion"`s counted.
+    #[cfg(test)]
+    pub fn lifecycle(&self, event: &'static str) -> u64 {
+        self.lifecycle
+            .get(&[("event", event)])
+            .map_or(0, |c| c.get())
     }
 
     /// The newest `max_events` events matching `q`, oldest first.
@@ -280,8 +305,7 @@ mod tests {
             s.add(ev(EventType::ContainerCreation, "/a/b", 10 + i));
         }
         s.add(ev(EventType::Oom, "/a", 12));
-        assert_eq!(s.totals()[&EventType::ContainerCreation], 5);
-        assert_eq!(s.totals()[&EventType::Oom], 1, "counted though not stored");
+        assert_eq!(s.lifecycle("creation"), 5, "counted though not all stored");
         let kept: Vec<u64> = all(&s, None, false)
             .iter()
             .map(|e| {

@@ -21,6 +21,7 @@ mod registry;
 mod runtime;
 mod status;
 mod supervise;
+mod telemetry;
 
 use std::sync::Arc;
 
@@ -28,7 +29,6 @@ use anyhow::{Context as _, Result};
 use clap::Parser as _;
 
 use crate::{
-    cache::StatsCache,
     cgroup::hierarchy::Hierarchies,
     config::Config,
     devices::DeviceNames,
@@ -39,6 +39,7 @@ use crate::{
     registry::Registry,
     status::{Mode, Status, SubsystemMode as _},
     supervise::{Health, Tasks},
+    telemetry::Metrics,
 };
 
 fn main() -> Result<()> {
@@ -72,6 +73,8 @@ async fn run(config: Config) -> Result<()> {
 
     let health = Health::default();
     let mut tasks = Tasks::new(health.clone());
+    // The agent's own metrics, each registered by the subsystem that counts it.
+    let mut metrics = Metrics::default();
     let (discovery_stats, oom_stats) = (
         Arc::new(DiscoveryStats::default()),
         Arc::new(OomStats::default()),
@@ -79,15 +82,16 @@ async fn run(config: Config) -> Result<()> {
     let events = EventStore::new(
         config.event_storage_event_limit.clone(),
         config.event_storage_age_limit.clone(),
-    )
-    .shared();
+    );
+    events.register(&mut metrics);
+    let events = events.shared();
     let (registry, owner) = Registry::new(
         config.container_retention,
         events.clone(),
         discovery_stats.clone(),
         oom_stats.clone(),
     )
-    .start();
+    .start(&mut metrics);
     tasks.spawn("registry", owner);
 
     let mut kernel = ebpf::start::load(&config, &mut tasks)?;
@@ -106,24 +110,23 @@ async fn run(config: Config) -> Result<()> {
         &registry.tx,
         kernel.as_mut(),
         &mut tasks,
+        &mut metrics,
     )
     .await?;
-    let oom = oom.start(&mut tasks);
-    let cache = Arc::new(StatsCache::new(
-        config.storage_duration,
-        config.housekeeping_interval,
-    ));
-    let (collector, collect) = collect::start::start(
+    let oom = oom.start(&mut tasks, &mut metrics);
+    let (collector, cache) = collect::start::start(
         &config,
         &hierarchies,
         groups,
-        &cache,
         &registry,
         kernel.as_mut(),
         &mut tasks,
+        &mut metrics,
     )
     .await?;
-    let counters = kernel.as_mut().map(ebpf::Kernel::loaded).transpose()?;
+    if let Some(counters) = kernel.as_mut().map(ebpf::Kernel::loaded).transpose()? {
+        metrics.register_collector(Box::new(counters));
+    }
     // The kernel's BTF and the first walk are behind us.
     memory::release_startup_memory();
     tracing::info!(
@@ -132,7 +135,7 @@ async fn run(config: Config) -> Result<()> {
         collector = collector.name(),
         "modes chosen"
     );
-    let runtime_errors = runtime::start(&config, &registry, &mut tasks);
+    runtime::start(&config, &registry, &mut tasks, &mut metrics);
     let machine = machine::start(&config, &mut tasks);
 
     let status = Status {
@@ -142,25 +145,20 @@ async fn run(config: Config) -> Result<()> {
             .map(|k| k.attached().to_vec())
             .unwrap_or_default(),
     };
+    status.register(&mut metrics);
     let sources = Arc::new(Sources {
         machine,
-        status: Arc::new(status),
         registry: registry.snapshot.clone(),
-        discovery: discovery_stats,
         events,
-        kernel: counters.map(Arc::new),
-        oom: oom_stats,
         cache,
         groups,
         devices: Arc::new(DeviceNames::new(&config.proc_root)),
-        collect: Some(collect),
-        http: Arc::default(),
-        runtime_errors,
     });
     drop(registry);
     export::serve(
         listener,
         sources,
+        metrics,
         health,
         tasks,
         supervise::shutdown_signal(),

@@ -21,6 +21,7 @@ use crate::{
     events::{Event, EventData, EventType, OomKillData, SharedEvents},
     messages::{Change, ChangeKind, Metadata, Msg, OomKill, WalkResult},
     oom::OomStats,
+    telemetry::{Gauge, Labels, Metrics, Series},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,7 +156,20 @@ impl Registry {
 
     /// The owner task, which runs until every [`Handle`] is gone, and the
     /// first handle.
-    pub fn start(mut self) -> (Handle, impl Future<Output = ()> + Send + 'static) {
+    pub fn start(
+        mut self,
+        metrics: &mut Metrics,
+    ) -> (Handle, impl Future<Output = ()> + Send + 'static) {
+        let containers = Series::<Labels<1>, Gauge>::default();
+        let (live, removed) = (
+            containers.get_or_create_owned(&[("state", "live")]),
+            containers.get_or_create_owned(&[("state", "removed")]),
+        );
+        metrics.register(
+            "cgscope_registry_containers",
+            "Containers (cgroups) the registry knows, live or removed and kept for the retention period",
+            containers,
+        );
         let (input, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let (tx, snapshot) = watch::channel(Arc::new(Snapshot::default()));
         let handle = Handle {
@@ -187,7 +201,11 @@ impl Registry {
                     }
                 };
                 if changed {
-                    tx.send_replace(Arc::new(self.snapshot()));
+                    let snapshot = self.snapshot();
+                    let n = snapshot.live();
+                    live.set(n as i64);
+                    removed.set((snapshot.containers.len() - n) as i64);
+                    tx.send_replace(Arc::new(snapshot));
                 }
             }
         };
@@ -344,7 +362,7 @@ impl Registry {
                 }
             }
             if repair && !existed {
-                crate::discovery::bump(&self.stats.repairs_added);
+                self.stats.repairs_added.inc();
                 tracing::debug!(%path, "walk found a cgroup the event source missed");
             }
         }
@@ -386,7 +404,7 @@ impl Registry {
                     .is_some_and(|e| e.removed_at.is_some());
             }
             if repair && removed_container {
-                crate::discovery::bump(&self.stats.repairs_removed);
+                self.stats.repairs_removed.inc();
                 tracing::debug!(%path, "walk found a removed cgroup the event source missed");
             }
         }
@@ -529,7 +547,6 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::{
@@ -569,11 +586,7 @@ mod tests {
 
     fn totals(r: &Registry) -> (u64, u64) {
         let s = r.events.lock().unwrap();
-        let t = s.totals();
-        (
-            t.get(&EventType::ContainerCreation).copied().unwrap_or(0),
-            t.get(&EventType::ContainerDeletion).copied().unwrap_or(0),
-        )
+        (s.lifecycle("creation"), s.lifecycle("deletion"))
     }
 
     #[test]
@@ -685,13 +698,13 @@ mod tests {
         }));
         assert!(!r.check_oom_floors(t0 + OOM_GRACE));
         assert_eq!((kills(&r, "/old"), kills(&r, "/new")), (0, 1));
-        assert_eq!(r.oom_stats.missed.load(Ordering::Relaxed), 0);
+        assert_eq!(r.oom_stats.missed.get(), 0);
         // Two more kills in /old the source never reports.
         r.apply(kernel("/old", 5));
         assert!(!r.check_oom_floors(Instant::now()), "not before the grace");
         assert!(r.check_oom_floors(Instant::now() + OOM_GRACE));
         assert_eq!(kills(&r, "/old"), 2);
-        assert_eq!(r.oom_stats.missed.load(Ordering::Relaxed), 2);
+        assert_eq!(r.oom_stats.missed.get(), 2);
         // Read again unchanged: nothing more.
         r.apply(kernel("/old", 5));
         assert!(!r.check_oom_floors(Instant::now() + OOM_GRACE));
@@ -778,7 +791,7 @@ mod tests {
             found: vec![found(1, 1, "/"), found(1, 2, "/gone")],
         }));
         assert_eq!(r.snapshot().live(), 2);
-        assert_eq!(crate::discovery::load(&r.stats.repairs_added), 0);
+        assert_eq!(r.stats.repairs_added.get(), 0);
         std::thread::sleep(Duration::from_millis(2));
         let started = Instant::now();
         r.apply(Msg::Walked(WalkResult {
@@ -789,8 +802,8 @@ mod tests {
         let s = r.snapshot();
         assert!(s.get("/missed").unwrap().is_live());
         assert!(!s.get("/gone").unwrap().is_live());
-        assert_eq!(crate::discovery::load(&r.stats.repairs_added), 1);
-        assert_eq!(crate::discovery::load(&r.stats.repairs_removed), 1);
+        assert_eq!(r.stats.repairs_added.get(), 1);
+        assert_eq!(r.stats.repairs_removed.get(), 1);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What the agent is running with: the modes chosen at start, shown in logs
 //! and as `cgscope_mode`.
 
+use crate::telemetry::{Gauge, Labels, Metrics, Series};
+
 /// One subsystem and the mode it runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mode {
@@ -35,6 +37,49 @@ pub struct Status {
     pub modes: Vec<Mode>,
     /// Names of the attached eBPF programs.
     pub ebpf_programs: Vec<&'static str>,
+}
+
+impl Status {
+    /// Exports what the agent runs with (fixed from here on).
+    pub fn register(&self, m: &mut Metrics) {
+        let build = Series::<Labels<2>, Gauge>::default();
+        let ebpf = if crate::ebpf::embedded_object().is_some() {
+            "true"
+        } else {
+            "false"
+        };
+        build
+            .get_or_create(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("ebpf_object", ebpf),
+            ])
+            .set(1);
+        m.register(
+            "cgscope_build_info",
+            "A metric with a constant '1' value labeled by version and whether the eBPF object is embedded",
+            build,
+        );
+        let modes = Series::<Labels<2>, Gauge>::default();
+        for mode in &self.modes {
+            for choice in mode.choices {
+                modes
+                    .get_or_create(&[("subsystem", mode.subsystem), ("mode", choice)])
+                    .set(i64::from(*choice == mode.active));
+            }
+        }
+        m.register(
+            "cgscope_mode",
+            "1 for the mode each subsystem runs in, 0 for the modes it could run in but does not",
+            modes,
+        );
+        let programs = Gauge::<i64>::default();
+        programs.set(self.ebpf_programs.len() as i64);
+        m.register(
+            "cgscope_ebpf_programs_attached",
+            "Number of eBPF programs the agent has attached",
+            programs,
+        );
+    }
 }
 
 /// Declares a subsystem's mode enum and its [`SubsystemMode`] labels, one
@@ -84,5 +129,25 @@ mod tests {
             ("demo", "b", &["a", "b"][..])
         );
         assert_eq!(Demo::A.name(), "a");
+    }
+
+    #[test]
+    fn every_choice_is_exported_the_active_one_at_1() {
+        let status = Status {
+            modes: vec![Mode::of(Demo::B)],
+            ebpf_programs: vec!["cgroup_mkdir"],
+        };
+        let mut m = Metrics::default();
+        status.register(&mut m);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m).unwrap();
+        for line in [
+            "cgscope_mode{subsystem=\"demo\",mode=\"a\"} 0\n",
+            "cgscope_mode{subsystem=\"demo\",mode=\"b\"} 1\n",
+            "cgscope_ebpf_programs_attached 1\n",
+            "# HELP cgscope_ebpf_programs_attached Number of eBPF programs the agent has attached.\n",
+        ] {
+            assert!(out.contains(line), "{line} in {out}");
+        }
     }
 }

@@ -272,7 +272,7 @@ mod tests {
         assert_eq!(s.io.as_ref().unwrap().len(), 2);
         assert_eq!(s.processes.as_ref().unwrap().threads_max, Some(None));
         assert_eq!(s.spec.memory_limit, Some(67_108_864));
-        assert!(e.snapshot().is_empty(), "{:?}", e.snapshot());
+        assert_eq!(e.recorded(), "");
     }
 
     #[test]

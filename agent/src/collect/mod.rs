@@ -21,10 +21,7 @@ use std::{
     cmp::Reverse,
     collections::{BTreeMap, BinaryHeap, HashMap},
     path::PathBuf,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -48,6 +45,7 @@ use crate::{
     errors::ErrorCounts,
     messages::Msg,
     registry::Snapshot,
+    telemetry::{Counter, Gauge, Metrics, Seconds},
 };
 
 /// Everything a collection needs, shared by the blocking tasks.
@@ -73,14 +71,48 @@ pub struct Job {
     pub ids: BTreeMap<u32, u64>,
 }
 
+/// The collector's own metrics.
 #[derive(Debug, Default)]
 pub struct CollectStats {
-    pub collections: AtomicU64,
-    /// Total time spent collecting, in nanoseconds.
-    pub busy_ns: AtomicU64,
-    pub files_read: AtomicU64,
+    pub collections: Counter,
+    pub busy: Seconds,
+    pub files_read: Counter,
     /// Abandoned threads still blocked in a hung collection.
-    pub quarantined: AtomicU64,
+    pub quarantined: Gauge,
+}
+
+impl Collector {
+    /// Exports the collector's metrics and its iterator's.
+    pub fn register(&self, m: &mut Metrics) {
+        let st = &self.stats;
+        m.register(
+            "cgscope_collections",
+            "Container collections (one sample of one container each)",
+            st.collections.clone(),
+        );
+        m.register(
+            "cgscope_collection_seconds",
+            "Time spent collecting container statistics (wall time in the blocking pool)",
+            st.busy.clone(),
+        );
+        m.register(
+            "cgscope_collection_files_read",
+            "cgroup and /proc files read by the collector",
+            st.files_read.clone(),
+        );
+        m.register(
+            "cgscope_collection_hung_threads",
+            "Collector threads blocked in a read that hung (each such cgroup is skipped until its read returns)",
+            st.quarantined.clone(),
+        );
+        self.errors.register(
+            m,
+            "Collection problems by reason (the value is absent for that sample); each reason is logged once",
+        );
+        if let Some(it) = &self.iter {
+            it.stats.register(m);
+        }
+    }
 }
 
 thread_local! {
@@ -125,15 +157,11 @@ impl Collector {
                     }
                 }
             }
-            self.stats
-                .files_read
-                .fetch_add(r.reads - before, Ordering::Relaxed);
+            self.stats.files_read.inc_by(r.reads - before);
             s
         });
-        self.stats.collections.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .busy_ns
-            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.stats.collections.inc();
+        self.stats.busy.inc_by(start.elapsed().as_secs_f64());
         sample
     }
 }
@@ -291,7 +319,7 @@ fn run(
                     let old = std::mem::replace(&mut worker, fresh);
                     abandoned.insert(old.id, path.clone());
                     old.abandon();
-                    collector.stats.quarantined.store(abandoned.len() as u64, Ordering::Relaxed);
+                    collector.stats.quarantined.set(abandoned.len() as i64);
                     // What the old thread still had queued is due again now.
                     let now = Instant::now();
                     for (p, t) in tracked.iter_mut().filter(|(_, t)| t.in_flight) {
@@ -309,7 +337,7 @@ fn run(
                     } else if let Some(path) = abandoned.remove(&from) {
                         // The hung read returned and its thread is gone: the
                         // path is tried again, at the slowest pace.
-                        collector.stats.quarantined.store(abandoned.len() as u64, Ordering::Relaxed);
+                        collector.stats.quarantined.set(abandoned.len() as i64);
                         if let Some(t) = tracked.get_mut(&path) {
                             t.quarantined = false;
                             let result = vec![(path, t.generation, None)];

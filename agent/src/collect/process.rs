@@ -100,7 +100,7 @@ mod tests {
         };
         processes(dir.path(), &list, Path::new("/proc"), &mut r, &e, &mut p);
         assert_eq!(p.threads, Some(7), "pids.current wins");
-        assert!(e.snapshot().is_empty());
+        assert_eq!(e.recorded(), "");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::{
     errors::{Chain, ErrorCounts},
     registry::Handle,
     supervise::Tasks,
+    telemetry::Metrics,
 };
 
 crate::status::subsystem_mode! {
@@ -25,16 +26,22 @@ crate::status::subsystem_mode! {
 }
 
 /// Chooses the mode (loading and checking the iterator when `--collector`
-/// allows it) and starts collecting every container of the registry.
+/// allows it) and starts collecting every container of the registry into
+/// the stats cache it returns.
 pub async fn start(
     config: &Config,
     hierarchies: &Arc<Hierarchies>,
     groups: Groups,
-    cache: &Arc<StatsCache>,
     registry: &Handle,
     kernel: Option<&mut Kernel>,
     tasks: &mut Tasks,
-) -> Result<(Mode, Arc<Collector>)> {
+    metrics: &mut Metrics,
+) -> Result<(Mode, Arc<StatsCache>)> {
+    let cache = Arc::new(StatsCache::new(
+        config.storage_duration,
+        config.housekeeping_interval,
+    ));
+    cache.register(metrics);
     let iter = choose(config, kernel, hierarchies, &groups).await?;
     let mode = if iter.is_some() {
         Mode::Iter
@@ -51,6 +58,7 @@ pub async fn start(
         stats: Default::default(),
         iter,
     });
+    collector.register(metrics);
     let cadence = Cadence {
         base: config.housekeeping_interval.max(Duration::from_millis(100)),
         max: config
@@ -65,7 +73,7 @@ pub async fn start(
         cadence,
     );
     tasks.spawn("collect", scheduler);
-    Ok((mode, collector))
+    Ok((mode, cache))
 }
 
 /// The iterator if it loads and agrees with the files (or is forced), else

@@ -57,11 +57,11 @@ fn decode(
     // SAFETY: size checked above; CgroupEvent is plain old data.
     let ev: CgroupEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let mkdir = ev.kind == CGROUP_EVENT_MKDIR;
-    super::bump(if mkdir {
-        &stats.ebpf_mkdir
+    if mkdir {
+        stats.ebpf_mkdir.inc();
     } else {
-        &stats.ebpf_rmdir
-    });
+        stats.ebpf_rmdir.inc();
+    }
     let Some(h) = hierarchies.get(ev.hierarchy) else {
         // A hierarchy we do not have mounted (another mount namespace's).
         return None;
@@ -178,8 +178,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.kind, &*c.path), (ChangeKind::Removed, "/pod1"));
-        assert_eq!(load(&stats.ebpf_mkdir), 1);
-        assert_eq!(load(&stats.ebpf_rmdir), 1);
+        assert_eq!(stats.ebpf_mkdir.get(), 1);
+        assert_eq!(stats.ebpf_rmdir.get(), 1);
     }
 
     #[test]
@@ -227,6 +227,4 @@ mod tests {
         assert!(decode(&[0u8; 16], &hs, &f, &stats, &clock).is_none());
         assert_eq!(stats.errors.get("short_record"), 1);
     }
-
-    use super::super::load;
 }

@@ -190,7 +190,7 @@ impl WatchTree {
         rescan: &Notify,
     ) {
         if mask.contains(EventMask::Q_OVERFLOW) {
-            super::bump(&self.stats.inotify_overflows);
+            self.stats.inotify_overflows.inc();
             self.stats.errors.record(
                 "inotify_overflow",
                 "inotify queue overflowed: rescanning every hierarchy",
@@ -220,12 +220,12 @@ impl WatchTree {
         };
         let path = join(&parent, name);
         if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
-            super::bump(&self.stats.inotify_create);
+            self.stats.inotify_create.inc();
             if self.filter.descend(&path) {
                 self.add_tree(hierarchy, &path, out, true);
             }
         } else if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
-            super::bump(&self.stats.inotify_delete);
+            self.stats.inotify_delete.inc();
             self.remove_tree(hierarchy, &path, out);
         }
     }

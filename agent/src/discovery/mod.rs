@@ -7,9 +7,10 @@ pub mod inotify;
 pub mod start;
 pub mod walk;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::errors::ErrorCounts;
+use crate::{
+    errors::ErrorCounts,
+    telemetry::{counter, Counter, Counters, Metrics},
+};
 
 /// Which cgroups are tracked: `/` always; never a systemd `.mount` unit (or
 /// anything below one); with a prefix whitelist, only paths under it.
@@ -45,42 +46,70 @@ impl Filter {
     }
 }
 
-/// Counters shared by the discovery sources and read by the exporter.
+/// Discovery's own metrics, counted by its sources, its walk and the
+/// registry's repairs.
 #[derive(Debug)]
 pub struct DiscoveryStats {
-    pub ebpf_mkdir: AtomicU64,
-    pub ebpf_rmdir: AtomicU64,
-    pub inotify_create: AtomicU64,
-    pub inotify_delete: AtomicU64,
-    pub inotify_overflows: AtomicU64,
-    pub walks: AtomicU64,
-    pub repairs_added: AtomicU64,
-    pub repairs_removed: AtomicU64,
+    events: Counters<2>,
+    pub ebpf_mkdir: Counter,
+    pub ebpf_rmdir: Counter,
+    pub inotify_create: Counter,
+    pub inotify_delete: Counter,
+    pub inotify_overflows: Counter,
+    pub walks: Counter,
+    repairs: Counters<1>,
+    pub repairs_added: Counter,
+    pub repairs_removed: Counter,
     pub errors: ErrorCounts,
 }
 
 impl Default for DiscoveryStats {
     fn default() -> Self {
+        let (events, repairs) = (Counters::default(), Counters::default());
+        let event = |source, event| counter(&events, [("source", source), ("event", event)]);
         Self {
-            ebpf_mkdir: AtomicU64::new(0),
-            ebpf_rmdir: AtomicU64::new(0),
-            inotify_create: AtomicU64::new(0),
-            inotify_delete: AtomicU64::new(0),
-            inotify_overflows: AtomicU64::new(0),
-            walks: AtomicU64::new(0),
-            repairs_added: AtomicU64::new(0),
-            repairs_removed: AtomicU64::new(0),
+            ebpf_mkdir: event("ebpf", "mkdir"),
+            ebpf_rmdir: event("ebpf", "rmdir"),
+            inotify_create: event("inotify", "mkdir"),
+            inotify_delete: event("inotify", "rmdir"),
+            inotify_overflows: Counter::default(),
+            walks: Counter::default(),
+            repairs_added: counter(&repairs, [("kind", "added")]),
+            repairs_removed: counter(&repairs, [("kind", "removed")]),
+            events,
+            repairs,
             errors: ErrorCounts::new("discovery"),
         }
     }
 }
 
-pub fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-pub fn load(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
+impl DiscoveryStats {
+    pub fn register(&self, m: &mut Metrics) {
+        m.register(
+            "cgscope_discovery_events",
+            "cgroup creations and removals received from each event source",
+            self.events.clone(),
+        );
+        m.register(
+            "cgscope_discovery_repairs",
+            "Containers the periodic walk had to add or remove because the event source missed them",
+            self.repairs.clone(),
+        );
+        m.register(
+            "cgscope_discovery_walks",
+            "Full walks of every cgroup hierarchy",
+            self.walks.clone(),
+        );
+        m.register(
+            "cgscope_inotify_overflows",
+            "inotify queue overflows (each one triggers a rescan)",
+            self.inotify_overflows.clone(),
+        );
+        self.errors.register(
+            m,
+            "Discovery problems by reason; each reason is logged once",
+        );
+    }
 }
 
 /// The names of `dir`'s subdirectories. A name that is not UTF-8 cannot be

@@ -14,6 +14,7 @@ use crate::{
     errors::Chain,
     messages::Msg,
     supervise::Tasks,
+    telemetry::Metrics,
 };
 
 crate::status::subsystem_mode! {
@@ -34,7 +35,9 @@ pub async fn start(
     tx: &mpsc::Sender<Msg>,
     kernel: Option<&mut Kernel>,
     tasks: &mut Tasks,
+    metrics: &mut Metrics,
 ) -> Result<Mode> {
+    stats.register(metrics);
     let filter = Filter::new(&config.raw_cgroup_prefix_whitelist);
     let rescan = Arc::new(Notify::new());
     let ring = match kernel {

@@ -25,7 +25,7 @@ pub fn walk(hierarchies: &Hierarchies, filter: &Filter, stats: &DiscoveryStats) 
     for h in &hierarchies.list {
         walk_dir(&h.mount, "/", h.id, filter, stats, &mut found);
     }
-    super::bump(&stats.walks);
+    stats.walks.inc();
     WalkResult {
         started,
         hierarchies: hierarchies.list.iter().map(|h| h.id).collect(),
@@ -111,7 +111,7 @@ mod tests {
         let mut paths: Vec<&str> = only_a.found.iter().map(|f| &*f.path).collect();
         paths.sort();
         assert_eq!(paths, ["/", "/a/b", "/a/b/c"]);
-        assert_eq!(load(&stats.walks), 2);
+        assert_eq!(stats.walks.get(), 2);
 
         // A name that is not UTF-8 is counted and skipped, the rest goes on.
         use std::os::unix::ffi::OsStrExt as _;
@@ -120,6 +120,4 @@ mod tests {
         assert_eq!(r.found.len(), 6);
         assert_eq!(stats.errors.get("non_utf8_path"), 1);
     }
-
-    use super::super::load;
 }

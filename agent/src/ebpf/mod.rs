@@ -23,7 +23,10 @@ use agent_common::names;
 
 use self::tracefs::FormatError;
 
-use crate::errors::Chain;
+use crate::{
+    errors::Chain,
+    telemetry::{Collector, DescriptorEncoder, Family, MetricType},
+};
 
 /// The object built by `cargo xtask build-ebpf`; empty when the agent was
 /// built without it.
@@ -404,6 +407,58 @@ impl KernelCounters {
     pub fn get(&self, index: u32) -> Option<u64> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&index, 0).ok().map(|v| v.iter().sum())
+    }
+}
+
+/// The programs' own counters, read from their map at each scrape.
+impl Collector for KernelCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        use agent_common::counter;
+        /// (name, help, label, [(its value, the counter's index)]).
+        type Row = (
+            &'static str,
+            &'static str,
+            &'static str,
+            [(&'static str, u32); 2],
+        );
+        let families: [Row; 3] = [
+            (
+                "cgscope_ebpf_events",
+                "Tracepoint hits counted by the eBPF programs themselves.",
+                "program",
+                [
+                    ("cgroup_mkdir", counter::MKDIR_EVENTS),
+                    ("cgroup_rmdir", counter::RMDIR_EVENTS),
+                ],
+            ),
+            (
+                "cgscope_ebpf_ringbuf_drops",
+                "Events lost in the kernel because a ring buffer was full (the walk repairs them).",
+                "ringbuf",
+                [
+                    ("cgroup_events", counter::CGROUP_RINGBUF_DROPS),
+                    ("oom_events", counter::OOM_RINGBUF_DROPS),
+                ],
+            ),
+            (
+                "cgscope_ebpf_read_errors",
+                "Tracepoint records the eBPF programs could not read.",
+                "program",
+                [
+                    ("cgroup", counter::CGROUP_READ_ERRORS),
+                    ("mark_victim", counter::OOM_READ_ERRORS),
+                ],
+            ),
+        ];
+        for (name, help, label, rows) in families {
+            let mut family = Family::new(&mut encoder, name, help, None, MetricType::Counter)?;
+            for (value, index) in rows {
+                if let Some(v) = self.get(index) {
+                    family.counter(&[(label, value)], v)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -10,8 +10,8 @@ use prometheus_client::{
     metrics::MetricType,
 };
 
-use super::family::{Family, NO_LABELS};
 use crate::registry::{ContainerInfo, Snapshot};
+use crate::telemetry::{Family, NO_LABELS};
 
 /// A container with its kubelet labels (`/metrics/cadvisor`: `container`,
 /// `id`, `image`, `name`, `namespace`, `pod`, in that order) escaped and

@@ -10,10 +10,7 @@ use axum::{
     routing::get,
     Router,
 };
-use prometheus_client::{
-    encoding::{prometheus_text, text},
-    registry::Registry,
-};
+use prometheus_client::encoding::{prometheus_text, text};
 use std::{
     sync::atomic::Ordering,
     time::{Duration, Instant},
@@ -23,7 +20,7 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 use tower_http::{compression::CompressionLayer, timeout::TimeoutLayer};
 
-use super::{api, api_v2, state::AppState};
+use super::{api, api_v2, metrics::Parts, state::AppState};
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -131,17 +128,12 @@ async fn agent_metrics(State(state): State<AppState>, headers: HeaderMap) -> Res
 /// Encodes on the blocking pool (thousands of containers take a while and
 /// must not hold up the reactor), a bounded number of scrapes at a time,
 /// each registry of `parts` on a thread of its own, joined in order.
-async fn encode(
-    state: &AppState,
-    parts: Arc<[Registry]>,
-    headers: &HeaderMap,
-    count: bool,
-) -> Response {
-    let http = state.sources.http.clone();
+async fn encode(state: &AppState, parts: Parts, headers: &HeaderMap, count: bool) -> Response {
+    let http = state.http.clone();
     let Ok(Ok(permit)) =
         tokio::time::timeout(SCRAPE_WAIT, state.scrape_permits.clone().acquire_owned()).await
     else {
-        http.rejected.fetch_add(1, Ordering::Relaxed);
+        http.rejected.inc();
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many scrapes at once, try again\n",
@@ -199,10 +191,9 @@ async fn encode(
     }
     let body = Chunks::new(chunks);
     if count {
-        http.scrapes.fetch_add(1, Ordering::Relaxed);
-        http.last_duration_ns
-            .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        http.last_bytes.store(body.len, Ordering::Relaxed);
+        http.scrapes.inc();
+        http.last_duration.set(started.elapsed().as_secs_f64());
+        http.last_bytes.set(body.len as i64);
     }
     let mut response = Body::new(body).into_response();
     response.headers_mut().insert(
@@ -281,13 +272,14 @@ mod tests {
             crate::events::parse_age_policy("").unwrap(),
         )
         .shared();
+        let mut own = crate::telemetry::Metrics::default();
         let (handle, registry) = Registry::new(
             Duration::from_secs(60),
             events,
             Arc::default(),
             Arc::default(),
         )
-        .start();
+        .start(&mut own);
         tasks.spawn("registry", registry);
         let sources = Arc::new(Sources::for_tests(
             None,
@@ -297,10 +289,9 @@ mod tests {
                 Duration::from_secs(10),
             )),
             crate::config::Groups::kubelet(),
-            Default::default(),
         ));
-        let (parts, agent) = super::super::metrics::registries(sources.clone());
-        let app = router(AppState::new(parts, agent, sources, health));
+        let parts = super::super::metrics::registries(sources.clone(), own);
+        let app = router(AppState::new(parts, sources, Arc::default(), health));
         let healthz = |app: Router| async move {
             let req = axum::http::Request::get("/healthz")
                 .body(Body::empty())

@@ -7,113 +7,106 @@ use prometheus_client::{
     collector::Collector, encoding::DescriptorEncoder, metrics::MetricType, registry::Registry,
 };
 
-use super::{
-    family::{Family, NO_LABELS},
-    sources::Sources,
+use super::sources::Sources;
+use crate::{
+    machine::MachineInfo,
+    telemetry::{Family, NO_LABELS},
 };
-use crate::{machine::MachineInfo, status::Status};
 
-/// Which families a collector writes. `/metrics` is encoded as two parts
-/// on two threads at once and the texts joined (no family spans both), so
-/// a scrape of thousands of containers takes half as long; the memory
-/// families are about half of the bytes.
+/// Which families a collector writes. `/metrics` is encoded in parts on
+/// threads of their own at once and the texts joined (no family spans
+/// two), so a scrape of thousands of containers takes half as long; the
+/// memory families are about half of the bytes. The agent's own metrics
+/// are the last part of both `/metrics` and `/metrics/agent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
+    /// Everything but the agent's own metrics (tests).
+    #[cfg(test)]
     Whole,
     /// Machine, container lifecycle, and every statistics family but memory.
     First,
-    /// Memory, then the agent's own.
-    Second,
+    /// Memory.
+    Memory,
+    /// The machine only (`/metrics/agent`).
+    Machine,
 }
 
+/// cAdvisor's families, encoded from the machine, the registry and the
+/// stats cache at each scrape.
 #[derive(Debug)]
-pub struct AgentCollector {
+pub struct CadvisorFamilies {
     sources: Arc<Sources>,
-    /// Whether per-container families are included (`/metrics`) or only
-    /// the machine and the agent's own (`/metrics/agent`).
-    containers: bool,
     part: Part,
 }
 
-/// The registries behind `/metrics` (its parts, in order) and
-/// `/metrics/agent`.
-pub fn registries(sources: Arc<Sources>) -> (Vec<Registry>, Registry) {
-    let parts = [Part::First, Part::Second]
-        .into_iter()
-        .map(|part| {
-            let mut r = Registry::default();
-            r.register_collector(Box::new(AgentCollector {
-                sources: sources.clone(),
-                containers: true,
-                part,
-            }));
-            r
-        })
-        .collect();
-    let mut agent = Registry::default();
-    agent.register_collector(Box::new(AgentCollector {
-        sources,
-        containers: false,
-        part: Part::Whole,
-    }));
-    (parts, agent)
+/// The registries behind `/metrics` and `/metrics/agent`, each a list of
+/// parts encoded in order; `own` holds the agent's own metrics, as their
+/// owners registered them.
+pub fn registries(sources: Arc<Sources>, own: Registry) -> (Parts, Parts) {
+    let part = |part| {
+        let mut r = Registry::default();
+        r.register_collector(Box::new(CadvisorFamilies {
+            sources: sources.clone(),
+            part,
+        }));
+        Arc::new(r)
+    };
+    let own = Arc::new(own);
+    (
+        vec![part(Part::First), part(Part::Memory), own.clone()].into(),
+        vec![part(Part::Machine), own].into(),
+    )
 }
 
-/// All of `/metrics` in one registry.
+/// Registries encoded one after the other into one response.
+pub type Parts = Arc<[Arc<Registry>]>;
+
+/// All of cAdvisor's families in one registry.
 #[cfg(test)]
 pub fn registry(sources: Sources) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(AgentCollector {
+    r.register_collector(Box::new(CadvisorFamilies {
         sources: Arc::new(sources),
-        containers: true,
         part: Part::Whole,
     }));
     r
 }
 
-impl Collector for AgentCollector {
+impl Collector for CadvisorFamilies {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         use super::stats::Families;
-        let first = self.part != Part::Second;
-        let second = self.part != Part::First;
-        if first {
+        if self.part != Part::Memory {
             let machine = self.sources.machine.borrow().clone();
             encode_machine(&mut encoder, machine.as_deref())?;
         }
+        if self.part == Part::Machine {
+            return Ok(());
+        }
         let snapshot = self.sources.registry.borrow().clone();
-        if self.containers {
-            let latest = self.sources.cache.latest_all();
-            let containers = super::containers::labeled(&snapshot);
-            let stats = |encoder: &mut DescriptorEncoder, families| {
-                let s = &self.sources;
-                super::stats::encode(
-                    encoder,
-                    &containers,
-                    &latest,
-                    &s.groups,
-                    &s.devices,
-                    families,
-                )
-            };
-            if first {
-                super::containers::encode(
-                    &mut encoder,
-                    &containers,
-                    std::time::SystemTime::now(),
-                    self.sources.groups.oom_event,
-                )?;
-            }
-            match self.part {
-                Part::Whole => stats(&mut encoder, Families::All)?,
-                Part::First => stats(&mut encoder, Families::AllButMemory)?,
-                Part::Second => stats(&mut encoder, Families::Memory)?,
-            }
+        let latest = self.sources.cache.latest_all();
+        let containers = super::containers::labeled(&snapshot);
+        let s = &self.sources;
+        if self.part != Part::Memory {
+            super::containers::encode(
+                &mut encoder,
+                &containers,
+                std::time::SystemTime::now(),
+                s.groups.oom_event,
+            )?;
         }
-        if second {
-            encode_status(&mut encoder, &self.sources.status)?;
-            super::agent::encode(&mut encoder, &self.sources, &snapshot)?;
-        }
-        Ok(())
+        let families = match self.part {
+            Part::First => Families::AllButMemory,
+            Part::Memory => Families::Memory,
+            _ => Families::All,
+        };
+        super::stats::encode(
+            &mut encoder,
+            &containers,
+            &latest,
+            &s.groups,
+            &s.devices,
+            families,
+        )
     }
 }
 
@@ -166,64 +159,14 @@ fn encode_machine(encoder: &mut DescriptorEncoder, machine: Option<&MachineInfo>
     Ok(())
 }
 
-fn encode_status(encoder: &mut DescriptorEncoder, status: &Status) -> fmt::Result {
-    let mut build = Family::new(
-        encoder,
-        "cgscope_build_info",
-        "A metric with a constant '1' value labeled by version and whether the eBPF object is embedded.",
-        None,
-        MetricType::Gauge,
-    )?;
-    let ebpf = if crate::ebpf::embedded_object().is_some() {
-        "true"
-    } else {
-        "false"
-    };
-    build.gauge(
-        &[
-            ("version", env!("CARGO_PKG_VERSION")),
-            ("ebpf_object", ebpf),
-        ],
-        1,
-    )?;
-
-    let mut mode = Family::new(
-        encoder,
-        "cgscope_mode",
-        "1 for the mode each subsystem runs in, 0 for the modes it could run in but does not.",
-        None,
-        MetricType::Gauge,
-    )?;
-    for m in &status.modes {
-        for choice in m.choices {
-            mode.gauge(
-                &[("subsystem", m.subsystem), ("mode", choice)],
-                i64::from(*choice == m.active),
-            )?;
-        }
-    }
-    let mut progs = Family::new(
-        encoder,
-        "cgscope_ebpf_programs_attached",
-        "Number of eBPF programs the agent has attached.",
-        None,
-        MetricType::Gauge,
-    )?;
-    progs.gauge(&NO_LABELS, status.ebpf_programs.len() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use prometheus_client::encoding::{prometheus_text, text};
 
     use super::*;
-    use crate::{discovery::start::Mode as Discovery, registry::Snapshot, status::Mode};
+    use crate::registry::Snapshot;
 
     fn sources(machine: Option<MachineInfo>) -> Sources {
-        let status = Status {
-            modes: vec![Mode::of(Discovery::Inotify)],
-            ebpf_programs: vec![],
-        };
         let cache = crate::cache::StatsCache::new(
             std::time::Duration::from_secs(120),
             std::time::Duration::from_secs(10),
@@ -233,7 +176,6 @@ mod tests {
             Snapshot::default(),
             Arc::new(cache),
             crate::config::Groups::kubelet(),
-            status,
         )
     }
 
@@ -259,14 +201,6 @@ mod tests {
              machine_cpu_cores{boot_id=\"boot\",machine_id=\"m\\\"id\",system_uuid=\"uuid\"} 8\n"
         ), "{out}");
         assert!(out.contains("machine_scrape_error 0\n"), "{out}");
-        assert!(
-            out.contains("cgscope_mode{subsystem=\"discovery\",mode=\"inotify\"} 1\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("cgscope_mode{subsystem=\"discovery\",mode=\"ebpf\"} 0\n"),
-            "{out}"
-        );
         assert!(out.ends_with("# EOF\n"));
     }
 
@@ -277,5 +211,33 @@ mod tests {
         assert!(out.contains("machine_scrape_error 1\n"), "{out}");
         assert!(!out.contains("machine_cpu_cores"), "{out}");
         assert!(!out.contains("# EOF"));
+    }
+
+    #[test]
+    fn the_agents_own_metrics_end_both_endpoints_once() {
+        let mut own = Registry::default();
+        own.register(
+            "cgscope_demo",
+            "Registered once",
+            crate::telemetry::Counter::<u64>::default(),
+        );
+        let (all, agent) = registries(Arc::new(sources(Some(machine()))), own);
+        let text = |parts: &[Arc<Registry>]| {
+            parts
+                .iter()
+                .map(|r| {
+                    let mut t = String::new();
+                    text::encode_registry(&mut t, r).unwrap();
+                    t
+                })
+                .collect::<String>()
+        };
+        for parts in [&all, &agent] {
+            let t = text(parts);
+            assert_eq!(t.matches("\ncgscope_demo_total 0\n").count(), 1, "{t}");
+            assert_eq!(t.matches("# TYPE machine_cpu_cores ").count(), 1, "{t}");
+        }
+        // Last, in a part of its own.
+        assert!(text(&all[all.len() - 1..]).starts_with("# HELP cgscope_demo"));
     }
 }

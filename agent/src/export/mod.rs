@@ -1,11 +1,9 @@
 //! Everything that formats metrics or serves HTTP lives here; it only reads
 //! state owned elsewhere.
 
-mod agent;
 pub mod api;
 mod api_v2;
 mod containers;
-mod family;
 #[cfg(test)]
 mod golden;
 pub mod http;
@@ -19,23 +17,30 @@ use std::{sync::Arc, time::Duration};
 use anyhow::{bail, Context as _, Result};
 use tokio::{net::TcpListener, sync::oneshot};
 
-use crate::supervise::{Health, Tasks};
+use crate::{
+    supervise::{Health, Tasks},
+    telemetry::Metrics,
+};
 
 /// How long requests in flight may take to finish once the agent stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `/metrics`, the API and `/healthz` until `shutdown` (SIGTERM) or
 /// until one of `tasks` ends, which is an error: the agent is to be
-/// restarted.
+/// restarted. `own` holds the agent's own metrics as the subsystems
+/// registered them; the server adds its own.
 pub async fn serve(
     listener: TcpListener,
     sources: Arc<sources::Sources>,
+    mut own: Metrics,
     health: Health,
     mut tasks: Tasks,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let (parts, agent) = metrics::registries(sources.clone());
-    let state = state::AppState::new(parts, agent, sources, health);
+    let http = Arc::new(state::HttpStats::default());
+    http.register(&mut own);
+    let parts = metrics::registries(sources.clone(), own);
+    let state = state::AppState::new(parts, sources, http, health);
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
     let (stop, stopping) = oneshot::channel::<()>();
     let mut server = std::pin::pin!(http::serve(listener, state, async {

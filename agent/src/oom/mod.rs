@@ -8,44 +8,71 @@ pub mod kmsg;
 pub mod parser;
 pub mod start;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::{
+    errors::ErrorCounts,
+    messages::OomKill,
+    telemetry::{Counter, Metrics},
+};
 
-use crate::{errors::ErrorCounts, messages::OomKill};
-
+/// The OOM source's own metrics; the registry counts the missed kills.
 #[derive(Debug)]
 pub struct OomStats {
-    pub kills: AtomicU64,
+    pub kills: Counter,
     /// Kills whose container could not be determined.
-    pub unattributed: AtomicU64,
+    pub unattributed: Counter,
     /// Kills the kernel counted in a container's cgroup that the OOM
     /// source never delivered.
-    pub missed: AtomicU64,
+    pub missed: Counter,
     pub errors: ErrorCounts,
 }
 
 impl Default for OomStats {
     fn default() -> Self {
         Self {
-            kills: AtomicU64::new(0),
-            unattributed: AtomicU64::new(0),
-            missed: AtomicU64::new(0),
+            kills: Counter::default(),
+            unattributed: Counter::default(),
+            missed: Counter::default(),
             errors: ErrorCounts::new("oom"),
         }
     }
 }
 
 impl OomStats {
+    /// Exports the counts; `source` is the mode the OOM source runs in.
+    pub fn register(&self, m: &mut Metrics, source: &'static str) {
+        m.register(
+            "cgscope_oom_kills",
+            "OOM kills seen by the OOM source (one per killed task)",
+            self.kills.clone(),
+        );
+        m.register(
+            "cgscope_oom_unattributed_kills",
+            "OOM kills whose container could not be determined",
+            self.unattributed.clone(),
+        );
+        m.sub_registry_with_label(("source".into(), source.into()))
+            .register(
+                "cgscope_oom_missed",
+                "OOM kills the kernel counted in a container's own cgroup (memory.events.local, v1 memory.oom_control) that the OOM source did not report within 5 s; container_oom_events_total includes them",
+                self.missed.clone(),
+            );
+        self.errors.register(
+            m,
+            "OOM source problems by reason; each reason is logged once",
+        );
+    }
+
     pub fn count(&self, kill: &OomKill) {
-        self.kills.fetch_add(1, Ordering::Relaxed);
+        self.kills.inc();
         if kill.victim.is_none() {
-            self.unattributed.fetch_add(1, Ordering::Relaxed);
+            self.unattributed.inc();
         }
     }
 
     /// Kills of `path` the kernel counted and the source did not deliver:
     /// counted, and logged the first time.
     pub fn missed(&self, path: &str, kills: u64) {
-        if self.missed.fetch_add(kills, Ordering::Relaxed) == 0 {
+        if self.missed.inc_by(kills) == 0 {
             tracing::warn!(%path, kills, "the kernel counted OOM kills the OOM source did not report; counted from the cgroup's own counter (cgscope_oom_missed_total)");
         } else {
             tracing::debug!(%path, kills, "OOM kills counted from the cgroup's own counter");

@@ -13,7 +13,9 @@ use crate::{
     ebpf::{ring::RingReader, start::or_fall_back, EbpfError, Kernel},
     errors::Chain,
     messages::Msg,
+    status::SubsystemMode as _,
     supervise::Tasks,
+    telemetry::Metrics,
 };
 
 crate::status::subsystem_mode! {
@@ -105,8 +107,9 @@ pub fn open(
 
 impl Source {
     /// Starts reading. Kills are attributed by path, so this comes once the
-    /// first walk has filled the registry.
-    pub fn start(self, tasks: &mut Tasks) -> Mode {
+    /// first walk has filled the registry. Its metrics are registered
+    /// with the mode it ends in.
+    pub fn start(self, tasks: &mut Tasks, metrics: &mut Metrics) -> Mode {
         let Self {
             reader,
             hierarchies,
@@ -114,9 +117,12 @@ impl Source {
             stats,
             tx,
         } = self;
-        match reader {
+        let mode = match reader {
             Reader::Ebpf(ring) => {
-                tasks.spawn("oom", super::ebpf::run(*ring, hierarchies, proc, stats, tx));
+                tasks.spawn(
+                    "oom",
+                    super::ebpf::run(*ring, hierarchies, proc, stats.clone(), tx),
+                );
                 Mode::Ebpf
             }
             Reader::Kmsg(reader) => match tasks.spawn_thread("kmsg", reader) {
@@ -130,6 +136,8 @@ impl Source {
                 }
             },
             Reader::None => Mode::None,
-        }
+        };
+        stats.register(metrics, mode.name());
+        mode
     }
 }

@@ -27,6 +27,7 @@ use crate::{
     messages::{Metadata, Msg},
     registry::{ContainerInfo, Handle, Snapshot},
     supervise::Tasks,
+    telemetry::Metrics,
 };
 
 /// Which runtime labels become `container_label_*` series labels: none by
@@ -234,9 +235,13 @@ pub async fn lookup(
 }
 
 /// Starts asking the runtimes (CRI, then Docker, then the path) about the
-/// registry's containers; returns the lookups' error counts.
-pub fn start(config: &Config, registry: &Handle, tasks: &mut Tasks) -> Arc<ErrorCounts> {
-    let errors = Arc::new(ErrorCounts::new("runtime"));
+/// registry's containers, their failures counted by provider.
+pub fn start(config: &Config, registry: &Handle, tasks: &mut Tasks, metrics: &mut Metrics) {
+    let errors = Arc::new(ErrorCounts::by("runtime", "provider"));
+    errors.register(
+        metrics,
+        "Container runtime provider failures by provider (labels stay empty); each is logged once",
+    );
     let cri = config
         .cri_endpoint
         .clone()
@@ -265,7 +270,6 @@ pub fn start(config: &Config, registry: &Handle, tasks: &mut Tasks) -> Arc<Error
         errors.clone(),
     );
     tasks.spawn("runtime", lookups);
-    errors
 }
 
 #[cfg(test)]

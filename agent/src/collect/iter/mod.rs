@@ -14,10 +14,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt, io,
     path::Path,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -29,6 +26,7 @@ use crate::{
     config::Groups,
     ebpf::iter::CgroupIter,
     errors::ErrorCounts,
+    telemetry::{counter, Counter, Counters, Metrics, Seconds},
 };
 
 // `values` first: `check` uses its `known_fields!`.
@@ -88,17 +86,58 @@ impl Costs {
     }
 }
 
-#[derive(Debug, Default)]
+/// The iterator's own metrics.
+#[derive(Debug)]
 pub struct IterStats {
+    passes: Counters<1>,
     /// Passes over a whole hierarchy.
-    pub full_passes: AtomicU64,
+    pub full_passes: Counter,
     /// Passes rooted at one container's directory.
-    pub own_passes: AtomicU64,
-    pub pass_ns: AtomicU64,
-    pub records: AtomicU64,
+    pub own_passes: Counter,
+    pub pass_time: Seconds,
+    pub records: Counter,
     /// Passes that found more cgroups than the output array holds (the
     /// rest are read from files).
-    pub overflows: AtomicU64,
+    pub overflows: Counter,
+}
+
+impl Default for IterStats {
+    fn default() -> Self {
+        let passes = Counters::default();
+        Self {
+            full_passes: counter(&passes, [("scope", "hierarchy")]),
+            own_passes: counter(&passes, [("scope", "container")]),
+            passes,
+            pass_time: Seconds::default(),
+            records: Counter::default(),
+            overflows: Counter::default(),
+        }
+    }
+}
+
+impl IterStats {
+    pub fn register(&self, m: &mut Metrics) {
+        m.register(
+            "cgscope_collector_iter_passes",
+            "eBPF cgroup iterator passes: over a whole hierarchy (shared by the containers due together) or rooted at one container",
+            self.passes.clone(),
+        );
+        m.register(
+            "cgscope_collector_iter_pass_seconds",
+            "Wall time of the iterator's passes (the kernel holds cgroup_mutex during each)",
+            self.pass_time.clone(),
+        );
+        m.register(
+            "cgscope_collector_iter_cgroups",
+            "cgroups read by the iterator's passes",
+            self.records.clone(),
+        );
+        m.register(
+            "cgscope_collector_iter_overflows",
+            "Passes that met more cgroups than the iterator's output holds (the rest were read from files)",
+            self.overflows.clone(),
+        );
+    }
 }
 
 pub struct IterSource {
@@ -228,20 +267,19 @@ impl IterSource {
         };
         let ns = pass.took.as_nanos() as f64;
         let st = &self.stats;
-        st.pass_ns.fetch_add(ns as u64, Ordering::Relaxed);
-        st.records
-            .fetch_add(pass.records.len() as u64, Ordering::Relaxed);
+        st.pass_time.inc_by(pass.took.as_secs_f64());
+        st.records.inc_by(pass.records.len() as u64);
         if pass.overflow {
-            st.overflows.fetch_add(1, Ordering::Relaxed);
+            st.overflows.inc();
         }
         let mut costs = self.costs.lock().unwrap_or_else(|e| e.into_inner());
         match full {
             Some(h) => {
-                st.full_passes.fetch_add(1, Ordering::Relaxed);
+                st.full_passes.inc();
                 Costs::add(costs.full.entry(h).or_default(), ns);
             }
             None => {
-                st.own_passes.fetch_add(1, Ordering::Relaxed);
+                st.own_passes.inc();
                 Costs::add(&mut costs.own, ns);
             }
         }
