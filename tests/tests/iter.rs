@@ -90,6 +90,16 @@ fn is_v2() -> bool {
     Layout::get() == Layout::V2
 }
 
+/// How many cgroups the values tests compare: `CGSCOPE_TEST_ITER_CGROUPS`,
+/// else 300. The VM cells compare 100: each holds a process, an emulated
+/// spawn is slow, and the scale is the host's to test.
+fn values_cgroups() -> usize {
+    std::env::var("CGSCOPE_TEST_ITER_CGROUPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
 #[test]
 fn iterator_values_equal_the_cgroup_files() {
     let test = "iterator_values_equal_the_cgroup_files";
@@ -101,7 +111,7 @@ fn iterator_values_equal_the_cgroup_files() {
     }
     let hs = ["memory", "cpuacct"];
     let tree = CgroupTree::new("iter", &hs);
-    let n = 300;
+    let n = values_cgroups();
     let ready = tempfile::tempdir().unwrap();
     let mut children = Vec::new();
     for i in 0..n {
@@ -215,7 +225,7 @@ fn iterator_values_equal_the_cgroup_files() {
 /// iterator does not give there.
 fn v2_iterator_values_equal_the_cgroup_files() {
     let tree = CgroupTree::new("iter", &["memory", "cpu", "pids"]);
-    let n = 300;
+    let n = values_cgroups();
     let ready = tempfile::tempdir().unwrap();
     let mut children = Vec::new();
     for i in 0..n {

@@ -391,7 +391,7 @@ fn guest_script(root: &Path, t: &GuestTests) -> String {
          export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp TMPDIR=/tmp\n",
     );
     s += &format!(
-        "export CGSCOPE_BIN={} CGSCOPE_EXPECT_EBPF=1 CGSCOPE_TEST_BURST=1000 {}={}\n",
+        "export CGSCOPE_BIN={} CGSCOPE_EXPECT_EBPF=1 CGSCOPE_TEST_BURST=1000 CGSCOPE_TEST_ITER_CGROUPS=100 {}={}\n",
         sh_quote(&agent.to_string_lossy()),
         testkit::STRICT,
         u8::from(t.strict)
