@@ -92,14 +92,107 @@ pub fn router(state: AppState) -> Router {
         ))
 }
 
+/// A request's head must arrive within this, or its connection is closed
+/// (hyper's timer also closes a kept-alive connection idle this long).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections open at once: a bound on the agent's file descriptors.
+const MAX_CONNECTIONS: usize = 512;
+/// Connections open at once from one address, so one client cannot take
+/// every slot from the kubelet's probe and Prometheus.
+const MAX_CONNECTIONS_PER_CLIENT: usize = 128;
+
+/// Serves until `shutdown`, which stops accepting at once; connections
+/// still open then finish their request in flight (the caller bounds how
+/// long).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let service = hyper_util::service::TowerToHyperService::new(router(state.clone()));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Slots::default();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it
+                    // was accepted: neither ends the server.
+                    state.http.accept_errors.inc();
+                    tracing::debug!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(slot) = slots.take(peer.ip()) else {
+            state.http.connections_refused.inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Connection slots, in all and per client address.
+#[derive(Clone, Default)]
+struct Slots(Arc<std::sync::Mutex<Counts>>);
+
+#[derive(Default)]
+struct Counts {
+    open: usize,
+    by_client: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// One open connection's slot, given back when it closes.
+struct Slot {
+    slots: Slots,
+    client: std::net::IpAddr,
+}
+
+impl Slots {
+    fn take(&self, client: std::net::IpAddr) -> Option<Slot> {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = c.by_client.get(&client).copied().unwrap_or(0);
+        if c.open >= MAX_CONNECTIONS || mine >= MAX_CONNECTIONS_PER_CLIENT {
+            return None;
+        }
+        c.open += 1;
+        c.by_client.insert(client, mine + 1);
+        Some(Slot {
+            slots: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.slots.0.lock().unwrap_or_else(|e| e.into_inner());
+        c.open -= 1;
+        if let Some(n) = c.by_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_client.remove(&self.client);
+            }
+        }
+    }
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

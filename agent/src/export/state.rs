@@ -54,6 +54,8 @@ pub struct HttpStats {
     pub rejected: Counter,
     pub last_duration: GaugeF64,
     pub last_bytes: Gauge,
+    pub connections_refused: Counter,
+    pub accept_errors: Counter,
     /// Size of each part of the last `/metrics`, to size the next.
     pub last_part_bytes: [AtomicU64; 3],
 }
@@ -79,6 +81,16 @@ impl HttpStats {
             "cgscope_last_scrape_size_bytes",
             "Size of the previous /metrics response before compression",
             self.last_bytes.clone(),
+        );
+        m.register(
+            "cgscope_http_connections_refused",
+            "Connections closed at once because the agent held 512 already, or 128 from the same address",
+            self.connections_refused.clone(),
+        );
+        m.register(
+            "cgscope_http_accept_errors",
+            "Connections that could not be accepted (out of file descriptors, or reset first)",
+            self.accept_errors.clone(),
         );
     }
 }
