@@ -6,7 +6,9 @@ use std::{
     fmt::{self, Display},
 };
 
-use crate::telemetry::{self, Counters, Metrics};
+use prometheus_client::encoding::EncodeMetric as _;
+
+use crate::telemetry::{Collector, Counters, DescriptorEncoder, MetricType, Metrics};
 
 /// An error with its sources, `what failed: why: why`, for logs and
 /// reasons. The crate's errors say what failed and leave the cause to
@@ -48,13 +50,15 @@ impl ErrorCounts {
         }
     }
 
-    /// Exports the counts, under `help`.
+    /// Exports the counts, under `help`: the family is written even while
+    /// no error has been counted (prometheus-client leaves empty families
+    /// out), so dashboards and alerts find it from the first scrape.
     pub fn register(&self, metrics: &mut Metrics, help: &str) {
-        metrics.register(
-            format!("cgscope_{}_errors", self.component),
-            telemetry::help(help),
-            self.counts.clone(),
-        );
+        metrics.register_collector(Box::new(AlwaysWritten {
+            name: format!("cgscope_{}_errors", self.component),
+            help: format!("{}.", help.trim_end_matches('.')),
+            counts: self.counts.clone(),
+        }));
     }
 
     /// Counts one error; the first of each reason is logged as a warning,
@@ -94,6 +98,22 @@ impl ErrorCounts {
     }
 }
 
+/// A counter family written with its descriptor even when empty.
+#[derive(Debug)]
+struct AlwaysWritten {
+    name: String,
+    help: String,
+    counts: Counters<1>,
+}
+
+impl Collector for AlwaysWritten {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let family =
+            encoder.encode_descriptor(&self.name, &self.help, None, MetricType::Counter)?;
+        self.counts.encode(family)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,9 +148,18 @@ mod tests {
         let e = ErrorCounts::by("runtime", "provider");
         let mut m = Metrics::default();
         e.register(&mut m, "Provider failures.");
+        let text = |m: &Metrics| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, m).unwrap();
+            out
+        };
+        let out = text(&m);
+        assert!(
+            out.contains("# TYPE cgscope_runtime_errors counter\n"),
+            "written before the first error: {out}"
+        );
         e.record("cri", "unreachable");
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &m).unwrap();
+        let out = text(&m);
         assert!(
             out.contains("# HELP cgscope_runtime_errors Provider failures.\n"),
             "{out}"

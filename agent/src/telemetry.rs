@@ -40,12 +40,6 @@ pub fn counter<const N: usize>(family: &Counters<N>, labels: Labels<N>) -> Count
     family.get_or_create_owned(&labels)
 }
 
-/// Strips the full stop prometheus-client adds to every help text, so
-/// the texts can be written as sentences.
-pub fn help(text: &str) -> &str {
-    text.strip_suffix('.').unwrap_or(text)
-}
-
 /// Writes one metric family by hand, for the collectors that encode from
 /// the agent's state at scrape time: one descriptor, then its rows.
 pub struct Family<'a> {

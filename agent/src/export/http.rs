@@ -124,8 +124,11 @@ pub async fn serve(
                 Err(e) => {
                     // Out of descriptors, or a connection reset before it
                     // was accepted: neither ends the server.
-                    state.http.accept_errors.inc();
-                    tracing::debug!(error = %e, "accepting a connection");
+                    if state.http.accept_errors.inc() == 0 {
+                        tracing::warn!(error = %e, "cannot accept a connection (counted in cgscope_http_accept_errors_total; further ones are logged at debug level)");
+                    } else {
+                        tracing::debug!(error = %e, "cannot accept a connection");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
