@@ -1,7 +1,7 @@
 //! The agent's own metrics. Each subsystem owns the prometheus-client
 //! metrics it counts and registers them once, at start, into the one
 //! registry that `/metrics` and `/metrics/agent` both end with. Values
-//! that are a view of state (the registry's size, the kernel's own
+//! that are a view of state (the cache's samples, the kernel's own
 //! counters) are small collectors beside that state, encoded at scrape
 //! time with [`Family`].
 
