@@ -112,6 +112,9 @@ struct Entry {
     /// The kernel's kill counter when the agent first read it (0 for a
     /// container born watched): kills before are not the agent's to count.
     kernel_oom_base: Option<u64>,
+    /// Kills counted for the path before it was removed and re-created
+    /// within the retention: the new cgroup's kernel counter starts at 0.
+    carried_kills: u64,
 }
 
 /// How long a kill the kernel counted may take to arrive from the OOM
@@ -256,6 +259,15 @@ impl Registry {
             .get(&c.path)
             .is_none_or(|e| e.removed_at.is_some());
         if is_new {
+            // A path re-created within its retention (a restart policy
+            // reuses it) keeps its OOM counts: reset to 0, a counter that
+            // climbs back past its old value between two scrapes hides
+            // kills from increase(), and a restart loop after OOM kills is
+            // exactly when they matter. The start time shows the restart.
+            let (oom_kills, ooms) = self
+                .entries
+                .get(&c.path)
+                .map_or((0, 0), |e| (e.info.oom_kills, e.info.ooms));
             let info = ContainerInfo {
                 path: c.path.clone(),
                 identity: Identity::parse(&c.path),
@@ -263,8 +275,8 @@ impl Registry {
                 created: c.at,
                 created_exact: c.kernel_time,
                 removed: None,
-                oom_kills: 0,
-                ooms: 0,
+                oom_kills,
+                ooms,
                 metadata: None,
             };
             self.record(EventType::ContainerCreation, &c.path, c.at);
@@ -278,6 +290,7 @@ impl Registry {
                     removed_at: None,
                     born_watched: self.watching || c.kernel_time,
                     kernel_oom_base: None,
+                    carried_kills: oom_kills,
                 },
             );
         } else if let Some(e) = self.entries.get_mut(&c.path) {
@@ -464,7 +477,7 @@ impl Registry {
         let base = *e
             .kernel_oom_base
             .get_or_insert(if e.born_watched { 0 } else { kills });
-        let floor = kills.saturating_sub(base);
+        let floor = e.carried_kills + kills.saturating_sub(base);
         if floor > e.info.oom_kills {
             self.oom_floors
                 .entry(path)
@@ -766,6 +779,17 @@ mod tests {
         assert_eq!(r.oom_stats.errors.get("container_unknown"), 1);
     }
 
+    fn oom_in(path: &str, pid: u32) -> Msg {
+        Msg::Oom(OomKill {
+            at: SystemTime::UNIX_EPOCH,
+            pid,
+            comm: "hog".into(),
+            victim: Some(Arc::from(path)),
+            oom: Some(Arc::from(path)),
+            constraint: "CONSTRAINT_MEMCG".into(),
+        })
+    }
+
     #[test]
     fn recreated_path_is_a_new_container() {
         let mut r = registry(Duration::from_secs(60));
@@ -778,7 +802,61 @@ mod tests {
         let svc = s.get("/svc").unwrap();
         assert!(svc.is_live());
         assert_eq!(svc.ids, BTreeMap::from([(1, 11)]));
+        assert_eq!(svc.created, SystemTime::UNIX_EPOCH + Duration::from_secs(3));
         assert_eq!(totals(&r), (2, 1));
+    }
+
+    /// A restart loop after OOM kills: the path's counters never go back,
+    /// so no scrape interval can hide a kill from increase(); the kernel's
+    /// counter of the new cgroup (from 0) is a floor above the carried count.
+    #[test]
+    fn recreated_path_keeps_counting_its_oom_kills() {
+        let mut r = registry(Duration::from_secs(60));
+        r.apply(Msg::Changes(vec![change(
+            ChangeKind::Added,
+            4,
+            10,
+            "/svc",
+            1,
+        )]));
+        r.apply(oom_in("/svc", 1));
+        r.apply(oom_in("/svc", 2));
+        for (id, pid) in [(11, 3), (12, 4)] {
+            r.apply(Msg::Changes(vec![
+                change(ChangeKind::Removed, 4, id - 1, "/svc", 2),
+                change(ChangeKind::Added, 4, id, "/svc", 3),
+            ]));
+            r.apply(oom_in("/svc", pid));
+        }
+        let s = r.snapshot();
+        let svc = s.get("/svc").unwrap();
+        assert!(svc.is_live());
+        assert_eq!((svc.oom_kills, svc.ooms), (4, 4));
+        // The new cgroup's own counter: 1 kill delivered, then 2 more the
+        // source never reported.
+        r.apply(kernel("/svc", 1));
+        assert!(!r.check_oom_floors(Instant::now() + OOM_GRACE));
+        r.apply(kernel("/svc", 3));
+        assert!(r.check_oom_floors(Instant::now() + OOM_GRACE));
+        assert_eq!(kills(&r, "/svc"), 6);
+        assert_eq!(r.oom_stats.missed.get(), 2);
+        // Past the retention the path is forgotten, and so are its counts.
+        r.apply(Msg::Changes(vec![change(
+            ChangeKind::Removed,
+            4,
+            12,
+            "/svc",
+            4,
+        )]));
+        r.collect_garbage(Instant::now() + Duration::from_secs(61));
+        r.apply(Msg::Changes(vec![change(
+            ChangeKind::Added,
+            4,
+            13,
+            "/svc",
+            5,
+        )]));
+        assert_eq!(kills(&r, "/svc"), 0);
     }
 
     #[test]

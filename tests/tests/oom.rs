@@ -174,6 +174,37 @@ fn a_kill_is_counted_against_its_container_and_survives_removal() {
             Some(1.0),
             "[{mode}] still scrapeable after removal"
         );
+
+        // Re-created at the same path (a restart policy): the count goes on
+        // from 1, so a kill is never hidden from increase() by a reset.
+        let created = |m: &Metrics| {
+            m.value(
+                "cgscope_container_lifecycle_events_total",
+                &[("event", "creation")],
+            )
+            .unwrap_or(0.0)
+        };
+        let before = created(&agent.scrape());
+        tree.mkdir("victim").unwrap();
+        tree.set_memory_limit("victim", MIB64);
+        wait_for("the re-creation is seen", Duration::from_secs(10), || {
+            created(&agent.scrape()) > before
+        });
+        assert_eq!(
+            oom_count(&agent.scrape(), &path),
+            Some(1.0),
+            "[{mode}] the re-created path keeps its count"
+        );
+        let (_, status) = run_hog(&tree, "victim");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        wait_for(
+            &format!("[{mode}] container_oom_events_total = 2"),
+            Duration::from_secs(10),
+            || oom_count(&agent.scrape(), &path) == Some(2.0),
+        );
         drop(agent);
 
         // A restarted agent does not count the old kill again.
