@@ -16,8 +16,18 @@ pub const CGROUP_PATH_CAP: usize = 512;
 /// memory once used.
 pub const CGROUP_RINGBUF_BYTES: u32 = 4 << 20;
 
-/// The OOM event ring (about 1,000 records).
-pub const OOM_RINGBUF_BYTES: u32 = 64 << 10;
+/// The OOM event ring: 8,192 records of 64 bytes (an [`OomEvent`] and the
+/// ring's 8-byte header). A `memory.oom.group` kill marks every process of
+/// the group a victim in one loop, faster than any reader drains, so the
+/// ring holds a group of 8,192 processes, twice the pid limit pods are
+/// commonly given (4,096). A kill beyond it still counts, through the
+/// cgroup's own kernel counter; only its event (pid, name) is lost, and
+/// counted as a drop. The kernel maps the data twice into the agent, so
+/// this is 1 MiB of its resident memory (the 64 KiB ring before held 1,000).
+pub const OOM_RINGBUF_BYTES: u32 = 512 << 10;
+
+/// The ring's header before each record.
+pub const RINGBUF_RECORD_HEADER: usize = 8;
 
 /// A cgroup directory was created.
 pub const CGROUP_EVENT_MKDIR: u32 = 1;

@@ -56,17 +56,30 @@ pub fn cpu_spec(dir: &Path, r: &mut Reader, e: &ErrorCounts, spec: &mut Spec, kn
     }
 }
 
-/// `oom_kill` of `memory.events.local`: kills of the cgroup's own tasks
-/// (`memory.events` adds its descendants').
+/// Tasks of the cgroup's own killed by the OOM killer, from
+/// `memory.events.local` (`memory.events` adds its descendants'):
+/// `oom_kill` less `oom_group_kill`. A `memory.oom.group` kill kills the
+/// chosen victim, then every task of the group, the victim again among
+/// them, and `oom_kill` counts it both times (1,102 processes killed,
+/// `oom_kill 1103`, on 6.1); the victim is one of the group's own tasks
+/// unless it sits in a cgroup below the group's. Kernels before 5.16 have
+/// no `oom_group_kill`: there a group's count is not a count of tasks, and
+/// `None` leaves the OOM source's count alone.
 pub fn local_oom_kills(dir: &Path, r: &mut Reader, e: &ErrorCounts) -> Option<u64> {
     let path = dir.join("memory.events.local");
-    let mut kills = None;
-    each_keyed(r.read(&path, e)?, &path, e, |k, v| {
-        if k == "oom_kill" {
-            kills = Some(v);
-        }
+    let (mut kills, mut group_kills) = (None, None);
+    each_keyed(r.read(&path, e)?, &path, e, |k, v| match k {
+        "oom_kill" => kills = Some(v),
+        "oom_group_kill" => group_kills = Some(v),
+        _ => {}
     });
-    kills
+    let kills = kills?;
+    match group_kills {
+        Some(g) => Some(kills.saturating_sub(g)),
+        // Read only then: before 5.16, and after a kill.
+        None if kills > 0 && r.number(&dir.join("memory.oom.group"), e) == Some(1) => None,
+        None => Some(kills),
+    }
 }
 
 /// Files whose values are in `known` are not read.
@@ -277,6 +290,31 @@ mod tests {
         assert_eq!(e.recorded(), "");
     }
 
+    /// What the kernel's counter says of tasks killed, on each kernel.
+    #[test]
+    fn own_oom_kills_count_a_group_kills_victim_once() {
+        use std::fs;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
+        let mut kills = |events: &str, group: &str| {
+            fs::write(dir.path().join("memory.events.local"), events).unwrap();
+            fs::write(dir.path().join("memory.oom.group"), group).unwrap();
+            local_oom_kills(dir.path(), &mut r, &e)
+        };
+        // 5.16+: 1,102 tasks killed in one group kill.
+        let modern = "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1103\noom_group_kill 1\n";
+        assert_eq!(kills(modern, "1\n"), Some(1102));
+        // Before 5.16 a group's count cannot be told from its tasks'.
+        let old = "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1103\n";
+        assert_eq!(kills(old, "1\n"), None);
+        assert_eq!(kills(old, "0\n"), Some(1103));
+        assert_eq!(
+            kills("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n", "1\n"),
+            Some(0)
+        );
+        assert_eq!(e.recorded(), "");
+    }
+
     #[test]
     fn memory_files() {
         let (mut r, e) = (Reader::default(), ErrorCounts::new("collection"));
@@ -308,7 +346,8 @@ mod tests {
         );
         assert_eq!(spec.memory_limit, Some(268_435_456));
         assert_eq!(spec.memory_swap_limit, None);
-        assert_eq!(local_oom_kills(Path::new(FIXTURES), &mut r, &e), Some(2));
+        // oom_kill 2 with oom_group_kill 1: one task, killed twice.
+        assert_eq!(local_oom_kills(Path::new(FIXTURES), &mut r, &e), Some(1));
         assert_eq!(e.recorded(), "");
     }
 

@@ -419,23 +419,24 @@ impl Collector for KernelCounters {
             &'static str,
             &'static str,
             &'static str,
-            [(&'static str, u32); 2],
+            &'static [(&'static str, u32)],
         );
         let families: [Row; 3] = [
             (
                 "cgscope_ebpf_events",
-                "Tracepoint hits counted by the eBPF programs themselves.",
+                "Tracepoint hits counted by the eBPF programs themselves (compare cgscope_oom_kills_total and the discovery events to see what the agent got).",
                 "program",
-                [
+                &[
                     ("cgroup_mkdir", counter::MKDIR_EVENTS),
                     ("cgroup_rmdir", counter::RMDIR_EVENTS),
+                    ("mark_victim", counter::OOM_EVENTS),
                 ],
             ),
             (
                 "cgscope_ebpf_ringbuf_drops",
-                "Events lost in the kernel because a ring buffer was full (the walk repairs them).",
+                "Events lost in the kernel because a ring buffer was full. A lost cgroup event is repaired by the next walk; a lost OOM kill still counts in container_oom_events_total through the cgroup's own kernel counter (cgscope_oom_missed_total), but its pid and name are gone.",
                 "ringbuf",
-                [
+                &[
                     ("cgroup_events", counter::CGROUP_RINGBUF_DROPS),
                     ("oom_events", counter::OOM_RINGBUF_DROPS),
                 ],
@@ -444,7 +445,7 @@ impl Collector for KernelCounters {
                 "cgscope_ebpf_read_errors",
                 "Tracepoint records the eBPF programs could not read.",
                 "program",
-                [
+                &[
                     ("cgroup", counter::CGROUP_READ_ERRORS),
                     ("mark_victim", counter::OOM_READ_ERRORS),
                 ],
@@ -452,7 +453,7 @@ impl Collector for KernelCounters {
         ];
         for (name, help, label, rows) in families {
             let mut family = Family::new(&mut encoder, name, help, None, MetricType::Counter)?;
-            for (value, index) in rows {
+            for &(value, index) in rows {
                 if let Some(v) = self.get(index) {
                     family.counter(&[(label, value)], v)?;
                 }

@@ -199,6 +199,16 @@ fn exiting(stat: &str) -> Option<bool> {
 mod tests {
     use super::*;
 
+    /// What the ring's size promises: a group kill of 8,192 processes
+    /// fits before the reader drains any (records are 8-byte aligned).
+    #[test]
+    fn the_oom_ring_holds_a_group_kill_of_8k_processes() {
+        let record = std::mem::size_of::<OomEvent>().next_multiple_of(8)
+            + agent_common::RINGBUF_RECORD_HEADER;
+        assert_eq!(record, 64);
+        assert!(agent_common::OOM_RINGBUF_BYTES as usize / record >= 8_192);
+    }
+
     #[test]
     fn exiting_from_proc_stat() {
         let alive = "700 (my (odd) hog) R 1 700 700 0 -1 4194560 12 0 0 0";

@@ -35,7 +35,8 @@ struct Report {
     oom_memcg: Option<String>,
     constraint: String,
     group: Option<String>,
-    /// When the group line came (µs since boot, from kmsg).
+    /// When the group line or its last member's kill came (µs since boot,
+    /// from kmsg).
     group_at: Option<u64>,
     /// Pids already reported from the `oom-kill:` line.
     reported: Vec<u32>,
@@ -108,12 +109,18 @@ impl Parser {
             return None;
         }
         // The kernel kills a group's members in one loop right after its
-        // line: a kill much later is another OOM's.
+        // line, under the OOM lock, so no other report comes between them;
+        // a kill long after the last one is another OOM's. The gap is
+        // measured from the previous kill, not from the group's line: a
+        // group of thousands printing to a slow console takes seconds.
         let member = report.group.is_some()
             && match (report.group_at, ts_us) {
-                (Some(at), Some(now)) => now.saturating_sub(at) <= GROUP_KILL_WINDOW_US,
+                (Some(at), Some(now)) => now.saturating_sub(at) <= GROUP_KILL_GAP_US,
                 _ => true,
             };
+        if member && ts_us.is_some() {
+            report.group_at = ts_us;
+        }
         if report.victim_done && !member {
             // A kill without its own report (the kernel rate-limits the
             // report, 10 per 5 s, never this line): the last report's
@@ -145,8 +152,9 @@ impl Parser {
     }
 }
 
-/// How long after a `memory.oom.group` line its members' kills may come.
-const GROUP_KILL_WINDOW_US: u64 = 1_000_000;
+/// The longest gap between a `memory.oom.group` line or a member's kill
+/// and the next member's kill.
+const GROUP_KILL_GAP_US: u64 = 1_000_000;
 
 /// A task name's longest length: the kernel's `TASK_COMM_LEN` (16) less
 /// its NUL. Written here because this file also builds alone, in the fuzz
@@ -469,6 +477,35 @@ mod tests {
         let got: Vec<(u32, Option<&str>)> =
             r.iter().map(|k| (k.pid, k.task_memcg.as_deref())).collect();
         assert_eq!(got, [(10, Some("/g/c")), (11, Some("/g")), (30, None)]);
+    }
+
+    /// A group of thousands killed in one loop that takes seconds (each
+    /// line printed to a slow console): every member is the group's, and
+    /// a kill after a pause is not.
+    #[test]
+    fn a_long_group_kill_keeps_every_member() {
+        let mut text = String::from(
+            "6,1,100,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/g,task_memcg=/g,task=a,pid=10,uid=0\n\
+             3,2,101,-;Memory cgroup out of memory: Killed process 10 (a) total-vm:1kB\n\
+             3,3,102,-;Tasks in /g are going to be killed due to memory.oom.group set\n",
+        );
+        // 3,000 members 2 ms apart: 6 s in all.
+        for i in 0..3_000u32 {
+            text += &format!(
+                "3,{},{},-;Memory cgroup out of memory: Killed process {} (m) total-vm:1kB\n",
+                4 + i,
+                102 + 2_000 * u64::from(i + 1),
+                100 + i
+            );
+        }
+        text +=
+            "3,9999,20000000,-;Memory cgroup out of memory: Killed process 9 (z) total-vm:1kB\n";
+        let r = parse_text(&text);
+        assert_eq!(r.len(), 3_002);
+        assert!(r[..3_001]
+            .iter()
+            .all(|k| k.task_memcg.as_deref() == Some("/g")));
+        assert_eq!((r[3_001].pid, r[3_001].task_memcg.as_deref()), (9, None));
     }
 
     #[test]
