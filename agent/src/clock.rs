@@ -37,3 +37,37 @@ impl BootClock {
         self.boot + Duration::from_nanos(boot_ns)
     }
 }
+
+/// RFC 3339 with nanoseconds, for any time: one before 1970 (a clock set
+/// wrong, a kernel timestamp read against a boot time that stepped) is
+/// written as the epoch and one past 9999 as the last instant of that year,
+/// where the formatter would panic.
+pub fn rfc3339(t: SystemTime) -> String {
+    // 9999-12-31T23:59:59.999999999Z.
+    let last = SystemTime::UNIX_EPOCH + Duration::new(253_402_300_799, 999_999_999);
+    let t = t.clamp(SystemTime::UNIX_EPOCH, last);
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_time_formats() {
+        let epoch = SystemTime::UNIX_EPOCH;
+        assert_eq!(rfc3339(epoch), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339(epoch - Duration::from_secs(86_400)),
+            "1970-01-01T00:00:00.000000000Z"
+        );
+        assert_eq!(
+            rfc3339(epoch + Duration::from_secs(400_000_000_000)),
+            "9999-12-31T23:59:59.999999999Z"
+        );
+        assert_eq!(
+            rfc3339(epoch + Duration::from_secs(1_700_000_000)),
+            "2023-11-14T22:13:20.000000000Z"
+        );
+    }
+}

@@ -80,7 +80,7 @@ pub struct Event {
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_rfc3339_nanos(*t).to_string())
+    s.serialize_str(&crate::clock::rfc3339(*t))
 }
 
 /// `default=<v>,<eventType>=<v>,…` for one kind of value.
@@ -144,6 +144,8 @@ pub struct EventStore {
     events: BTreeMap<EventType, VecDeque<Event>>,
     /// Container creations and deletions ever added, stored or not.
     lifecycle: Counters<1>,
+    /// The wall clock events age against (a seam for tests).
+    now: fn() -> SystemTime,
 }
 
 pub type SharedEvents = Arc<Mutex<EventStore>>;
@@ -166,7 +168,23 @@ impl EventStore {
             ages,
             events: BTreeMap::new(),
             lifecycle: Counters::default(),
+            now: SystemTime::now,
         }
+    }
+
+    /// The store with its clock stopped at `now`.
+    #[cfg(test)]
+    pub fn at(mut self, now: fn() -> SystemTime) -> Self {
+        self.now = now;
+        self
+    }
+
+    /// Whether `e` is past its type's age at `now`. Each event ages by its
+    /// own time against the wall clock: an event dated after `now` (the
+    /// clock stepped back) is young, not a reason to evict the rest.
+    fn expired(&self, e: &Event, now: SystemTime) -> bool {
+        now.duration_since(e.timestamp)
+            .is_ok_and(|age| age > self.ages.get(e.event_type))
     }
 
     /// Exports the container creations and deletions counted.
@@ -198,6 +216,10 @@ impl EventStore {
         if limit == 0 {
             return;
         }
+        let now = (self.now)();
+        if self.expired(&event, now) {
+            return;
+        }
         let age = self.ages.get(event.event_type);
         let queue = self.events.entry(event.event_type).or_default();
         // Kept sorted by time; events arrive nearly in order.
@@ -206,13 +228,11 @@ impl EventStore {
         while queue.len() > limit {
             queue.pop_front();
         }
-        if let Some(newest) = queue.back().map(|e| e.timestamp) {
-            while queue
-                .front()
-                .is_some_and(|e| newest.duration_since(e.timestamp).unwrap_or_default() > age)
-            {
-                queue.pop_front();
-            }
+        while queue
+            .front()
+            .is_some_and(|e| now.duration_since(e.timestamp).is_ok_and(|a| a > age))
+        {
+            queue.pop_front();
         }
     }
 
@@ -224,13 +244,16 @@ impl EventStore {
             .map_or(0, |c| c.get())
     }
 
-    /// The newest `max_events` events matching `q`, oldest first.
+    /// The newest `max_events` events matching `q`, oldest first; none
+    /// past its age, though no event came since to evict it.
     pub fn query(&self, q: &EventQuery) -> Vec<Event> {
+        let now = (self.now)();
         let mut out: Vec<Event> = q
             .types
             .iter()
             .filter_map(|t| self.events.get(t))
             .flatten()
+            .filter(|e| !self.expired(e, now))
             .filter(|e| q.start.is_none_or(|s| e.timestamp >= s))
             .filter(|e| q.end.is_none_or(|s| e.timestamp <= s))
             .filter(|e| match &q.container {
@@ -295,12 +318,18 @@ mod tests {
         assert_eq!(parse_count_policy("").unwrap().default, DEFAULT_EVENT_LIMIT);
     }
 
+    /// The tests' wall clock: 1970 plus 210 s.
+    fn at_210() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(210)
+    }
+
     #[test]
     fn limits_ages_and_filters() {
         let mut s = EventStore::new(
             parse_count_policy("default=3,oom=0").unwrap(),
-            parse_age_policy("default=100s").unwrap(),
-        );
+            parse_age_policy("default=200s").unwrap(),
+        )
+        .at(at_210);
         for i in 0..5 {
             s.add(ev(EventType::ContainerCreation, "/a/b", 10 + i));
         }
@@ -316,22 +345,53 @@ mod tests {
             })
             .collect();
         assert_eq!(kept, [12, 13, 14]);
-        // Out-of-order insert, then age-out relative to the newest.
+        // Out of order, and older than 200 s at 210 s: not kept.
         s.add(ev(EventType::ContainerDeletion, "/a", 50));
-        s.add(ev(EventType::ContainerDeletion, "/x", 20));
-        s.add(ev(EventType::ContainerDeletion, "/a", 200));
+        s.add(ev(EventType::ContainerDeletion, "/x", 5));
+        s.add(ev(EventType::ContainerDeletion, "/a", 30));
         let del: Vec<_> = all(&s, None, false)
             .into_iter()
             .filter(|e| e.event_type == EventType::ContainerDeletion)
             .collect();
-        assert_eq!(
-            del.len(),
-            1,
-            "older than 100 s before the newest are dropped"
-        );
-        assert_eq!(all(&s, Some("/a"), false).len(), 1);
-        assert_eq!(all(&s, Some("/a"), true).len(), 4);
-        assert_eq!(all(&s, Some("/"), true).len(), 4);
+        assert_eq!(del.len(), 2, "older than 200 s are dropped");
+        assert_eq!(all(&s, Some("/a"), false).len(), 2);
+        assert_eq!(all(&s, Some("/a"), true).len(), 5);
+        assert_eq!(all(&s, Some("/"), true).len(), 5);
+    }
+
+    /// Ageing is by each event's own time against the wall clock: a clock
+    /// stepped back a day does not evict what came before the step, and an
+    /// event past its age goes though nothing newer arrives.
+    #[test]
+    fn events_age_by_their_own_time_against_the_wall_clock() {
+        fn day_two() -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(2 * 86_400)
+        }
+        fn day_three() -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(3 * 86_400 + 1)
+        }
+        let policy = || {
+            (
+                parse_count_policy("").unwrap(),
+                parse_age_policy("default=24h").unwrap(),
+            )
+        };
+        let (limits, ages) = policy();
+        let mut s = EventStore::new(limits, ages).at(day_two);
+        // Stamped before the clock stepped back to day two.
+        s.add(ev(EventType::Oom, "/before", 2 * 86_400 + 30 * 3600));
+        s.add(ev(EventType::Oom, "/after", 2 * 86_400 - 60));
+        let names: Vec<String> = all(&s, None, false)
+            .into_iter()
+            .map(|e| e.container_name)
+            .collect();
+        assert_eq!(names, ["/after", "/before"]);
+        // A day on, with no new event: the old one is past its age.
+        let (limits, ages) = policy();
+        let mut old = EventStore::new(limits, ages).at(day_two);
+        old.add(ev(EventType::Oom, "/a", 2 * 86_400 - 10));
+        old.now = day_three;
+        assert!(all(&old, None, false).is_empty());
     }
 
     #[test]
@@ -339,7 +399,8 @@ mod tests {
         let mut s = EventStore::new(
             parse_count_policy("").unwrap(),
             parse_age_policy("").unwrap(),
-        );
+        )
+        .at(at_210);
         for i in 0..20 {
             s.add(ev(EventType::Oom, "/", i));
         }

@@ -569,10 +569,12 @@ mod tests {
     use tokio::sync::oneshot;
 
     fn registry(retention: Duration) -> Registry {
+        // The tests' events are dated in 1970's first minutes.
         let events = EventStore::new(
             parse_count_policy("").unwrap(),
             parse_age_policy("").unwrap(),
         )
+        .at(|| SystemTime::UNIX_EPOCH + Duration::from_secs(3600))
         .shared();
         Registry::new(retention, events, Arc::default(), Arc::default())
     }

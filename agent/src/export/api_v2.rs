@@ -13,13 +13,10 @@ use serde::Serialize;
 use super::{api::ApiError, state::AppState};
 use crate::{
     cgroup::stats::Sample,
+    clock::rfc3339,
     events::is_same_or_below,
     registry::{ContainerInfo, Snapshot},
 };
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_nanos(t).to_string()
-}
 
 fn container_path(raw: &str) -> String {
     format!("/{}", raw.trim_start_matches('/').trim_end_matches('/'))
