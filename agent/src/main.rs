@@ -17,6 +17,7 @@ mod machine;
 mod memory;
 mod messages;
 mod oom;
+mod privileges;
 mod registry;
 mod runtime;
 mod status;
@@ -146,6 +147,8 @@ async fn run(config: Config) -> Result<()> {
             .unwrap_or_default(),
     };
     status.register(&mut metrics);
+    // Everything privileged is done: programs attached, the log opened.
+    privileges::drop_after_start(kernel.is_some());
     let sources = Arc::new(Sources {
         machine,
         registry: registry.snapshot.clone(),

@@ -144,3 +144,101 @@ fn a_task_that_ends_stops_the_agent_non_zero_naming_it() {
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("task kmsg ended"), "{log}");
 }
+
+/// Every thread's capability sets, from `/proc/<pid>/task/*/status`:
+/// (thread name, effective, permitted, inheritable, ambient).
+fn thread_caps(pid: u32) -> Vec<(String, u64, u64, u64, u64)> {
+    let field = |status: &str, name: &str| {
+        let v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {status}"));
+        u64::from_str_radix(v.trim(), 16).unwrap()
+    };
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            Some((
+                comm.trim().to_owned(),
+                field(&status, "CapEff:"),
+                field(&status, "CapPrm:"),
+                field(&status, "CapInh:"),
+                field(&status, "CapAmb:"),
+            ))
+        })
+        .collect()
+}
+
+/// Started as root, the agent keeps only what its reads need: CAP_BPF
+/// while eBPF programs are loaded (the iterator's runs, their counters),
+/// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH for other users' `/proc` files,
+/// on every thread; and it still reads what needs them.
+#[test]
+fn after_start_only_the_capabilities_reads_need_are_left() {
+    if !require_root("after_start_only_the_capabilities_reads_need_are_left") {
+        return;
+    }
+    const DAC_READ_SEARCH: u64 = 1 << 2;
+    const SYS_PTRACE: u64 = 1 << 19;
+    const BPF: u64 = 1 << 39;
+    let mut cases = vec![(
+        vec![
+            "--discovery",
+            "inotify",
+            "--oom-source",
+            "kmsg",
+            "--collector",
+            "files",
+        ],
+        SYS_PTRACE | DAC_READ_SEARCH,
+    )];
+    if expect_ebpf() {
+        cases.push((vec![], SYS_PTRACE | DAC_READ_SEARCH | BPF));
+    }
+    let tree = tests::cgroups::CgroupTree::new("caps", tests::cgroups::HIERARCHIES);
+    tree.mkdir("nobody").unwrap();
+    // A process of another user: its fds need CAP_SYS_PTRACE to count.
+    let mut child = tree.spawn_in(
+        &["cpu", "cpuacct", "memory", "pids"],
+        "nobody",
+        "exec setpriv --reuid=65534 --regid=65534 --clear-groups sleep 300",
+    );
+    let path = tree.path("nobody");
+    for (args, want) in cases {
+        let mut args = args.clone();
+        args.extend([
+            "--housekeeping-interval",
+            "1s",
+            "--max-housekeeping-interval",
+            "1s",
+        ]);
+        let agent = Agent::start(&args);
+        let threads = thread_caps(agent.pid());
+        assert!(threads.len() > 3, "{threads:?}");
+        for (name, eff, prm, inh, amb) in &threads {
+            assert_eq!(
+                (*eff, *prm, *inh, *amb),
+                (want, want, 0, 0),
+                "{args:?}: thread {name} has CapEff {eff:#x} CapPrm {prm:#x} CapInh {inh:#x} CapAmb {amb:#x}, want {want:#x}\n{}",
+                agent.log()
+            );
+        }
+        tests::cgroups::wait_for(
+            &format!("{args:?}: the other user's process is read"),
+            std::time::Duration::from_secs(15),
+            || {
+                let m = agent.scrape();
+                m.value("container_processes", &[("id", &path)]) == Some(1.0)
+                    && m.value("container_file_descriptors", &[("id", &path)])
+                        .is_some_and(|fds| fds >= 3.0)
+            },
+        );
+        let log = agent.log();
+        assert!(log.contains("every other capability dropped"), "{log}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
