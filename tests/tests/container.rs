@@ -86,7 +86,6 @@ fn the_agent_in_a_container_with_the_daemonsets_security_context_is_as_right_as_
     if !require_root(test) {
         return;
     }
-    let mut leftovers = Leftovers(String::new());
     let Some(podman) = Podman::new() else {
         tests::skip(
             "podman, runc and busybox-static are needed (`cargo xtask test` installs them)",
@@ -97,11 +96,27 @@ fn the_agent_in_a_container_with_the_daemonsets_security_context_is_as_right_as_
     let root = podman.scratch("agent-image");
     image_root(&tests::agent_bin(), &root);
     podman.import(&root, IMAGE);
+    // The base's seccomp choice, then the seccomp-localhost overlay's: the
+    // profile the repository ships, built from the system calls the agent
+    // makes.
+    let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/seccomp/cgscope.json");
+    for seccomp in [
+        format!("seccomp={}", pod.seccomp.to_lowercase()),
+        format!("seccomp={}", profile.display()),
+    ] {
+        run(&podman, &pod, &seccomp);
+    }
+}
+
+/// Runs the agent under Podman with `--security-opt=<seccomp>` and checks
+/// it is as right as on the host.
+fn run(podman: &Podman, pod: &tests::daemonset::Pod, seccomp: &str) {
+    let mut leftovers = Leftovers(String::new());
     let tree = CgroupTree::new("container", HIERARCHIES);
     leftovers.0 = tree.prefix.clone();
     tree.mkdir("agent").unwrap();
 
-    let name = format!("cgscope-agent-{}", std::process::id());
+    let name = format!("cgscope-agent-{}-{}", std::process::id(), tests::unique());
     let parent = tree.path("agent");
     let mut words = podman.words();
     words.extend(
@@ -124,9 +139,11 @@ fn the_agent_in_a_container_with_the_daemonsets_security_context_is_as_right_as_
     for cap in &pod.caps {
         words.push(format!("--cap-add={cap}"));
     }
-    if pod.seccomp == "Unconfined" {
-        words.push("--security-opt=seccomp=unconfined".into());
+    // runtimedefault is Podman's own default: no option.
+    if seccomp != "seccomp=runtimedefault" {
+        words.push(format!("--security-opt={seccomp}"));
     }
+    let confined = seccomp != "seccomp=unconfined";
     for (from, to) in &pod.mounts {
         // A volume the node lacks (another runtime's socket folder) is an
         // empty folder in the pod.
@@ -136,11 +153,18 @@ fn the_agent_in_a_container_with_the_daemonsets_security_context_is_as_right_as_
     }
     words.extend([IMAGE.to_owned(), "/usr/bin/cgscope".to_owned()]);
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let args = agent_args(&pod, None);
+    let args = agent_args(pod, None);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start_command(&words, &args);
     let pid = podman
         .pid_of(&name)
-        .unwrap_or_else(|| panic!("no pid for {name}:\n{}", agent.log()));
-    check_as_on_the_host(agent, pid, &pod, &tree);
+        .unwrap_or_else(|| panic!("no pid for {name} ({seccomp}):\n{}", agent.log()));
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let filter = if confined {
+        "Seccomp:\t2"
+    } else {
+        "Seccomp:\t0"
+    };
+    assert!(status.contains(filter), "{seccomp}: {status}");
+    check_as_on_the_host(agent, pid, pod, &tree);
 }

@@ -129,6 +129,7 @@ fn kubernetes_manifests_render_validate_and_agree() {
     for variant in [
         "base",
         "overlays/privileged",
+        "overlays/seccomp-localhost",
         "overlays/prometheus-operator",
     ] {
         // CGSCOPE_KUBECTL=none tries the fallback on a machine with kubectl.
@@ -177,6 +178,15 @@ fn kubernetes_manifests_render_validate_and_agree() {
             variant == "overlays/privileged",
             "{variant}: privileged only in its overlay"
         );
+        // Unconfined but where the repository's own profile is installed
+        // (the Podman test runs the agent under it).
+        if variant == "overlays/seccomp-localhost" {
+            assert_eq!(sc["seccompProfile"]["type"], "Localhost");
+            assert_eq!(sc["seccompProfile"]["localhostProfile"], "cgscope.json");
+            assert!(repo().join("deploy/seccomp/cgscope.json").is_file());
+        } else if variant != "overlays/privileged" {
+            assert_eq!(sc["seccompProfile"]["type"], "Unconfined", "{variant}");
+        }
         let caps: BTreeSet<&str> = sc["capabilities"]["add"]
             .as_array()
             .unwrap()
@@ -448,6 +458,29 @@ fn systemd_unit_verifies() {
     let Some(bin) = release_bin(test) else { return };
     let unit = std::fs::read_to_string(repo().join("deploy/systemd/cgscope.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/cgscope "));
+    // The unit's system calls are the seccomp profile's (which the Podman
+    // test runs the agent under), not a list of their own.
+    let filter: BTreeSet<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("SystemCallFilter="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    let profile: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/seccomp/cgscope.json")).unwrap(),
+    )
+    .unwrap();
+    let allowed: BTreeSet<&str> = profile["syscalls"][0]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        filter, allowed,
+        "SystemCallFilter= and deploy/seccomp/cgscope.json"
+    );
+    assert!(unit.contains("\nSystemCallErrorNumber=EPERM\n"));
+    assert!(unit.contains("\nLimitNOFILE="));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cgscope.service");
     std::fs::write(
