@@ -141,7 +141,8 @@ pub const DEFAULT_EVENT_AGE: Duration = Duration::from_secs(24 * 3600);
 pub struct EventStore {
     limits: PerType<usize>,
     ages: PerType<Duration>,
-    events: BTreeMap<EventType, VecDeque<Event>>,
+    /// Shared with the API responses being sent (a query copies pointers).
+    events: BTreeMap<EventType, VecDeque<Arc<Event>>>,
     /// Container creations and deletions ever added, stored or not.
     lifecycle: Counters<1>,
     /// The wall clock events age against (a seam for tests).
@@ -224,7 +225,7 @@ impl EventStore {
         let queue = self.events.entry(event.event_type).or_default();
         // Kept sorted by time; events arrive nearly in order.
         let pos = queue.partition_point(|e| e.timestamp <= event.timestamp);
-        queue.insert(pos, event);
+        queue.insert(pos, Arc::new(event));
         while queue.len() > limit {
             queue.pop_front();
         }
@@ -246,9 +247,9 @@ impl EventStore {
 
     /// The newest `max_events` events matching `q`, oldest first; none
     /// past its age, though no event came since to evict it.
-    pub fn query(&self, q: &EventQuery) -> Vec<Event> {
+    pub fn query(&self, q: &EventQuery) -> Vec<Arc<Event>> {
         let now = (self.now)();
-        let mut out: Vec<Event> = q
+        let mut out: Vec<Arc<Event>> = q
             .types
             .iter()
             .filter_map(|t| self.events.get(t))
@@ -293,7 +294,7 @@ mod tests {
         }
     }
 
-    fn all(store: &EventStore, container: Option<&str>, sub: bool) -> Vec<Event> {
+    fn all(store: &EventStore, container: Option<&str>, sub: bool) -> Vec<Arc<Event>> {
         store.query(&EventQuery {
             types: EventType::ALL.to_vec(),
             start: None,
@@ -383,7 +384,7 @@ mod tests {
         s.add(ev(EventType::Oom, "/after", 2 * 86_400 - 60));
         let names: Vec<String> = all(&s, None, false)
             .into_iter()
-            .map(|e| e.container_name)
+            .map(|e| e.container_name.clone())
             .collect();
         assert_eq!(names, ["/after", "/before"]);
         // A day on, with no new event: the old one is past its age.

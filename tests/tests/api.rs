@@ -87,3 +87,75 @@ fn spec_and_stats_of_a_limited_cgroup() {
         "recursive includes the child: {rec}"
     );
 }
+
+/// Forty clients ask for every sample of every container and never read
+/// the answer: the agent holds none of those responses in memory (they
+/// are written as the client reads), stays under the DaemonSet's memory
+/// request, and answers everyone else meanwhile.
+#[test]
+fn forty_unread_huge_responses_cost_the_agent_nothing() {
+    use std::io::Write as _;
+    if !require_root("forty_unread_huge_responses_cost_the_agent_nothing") {
+        return;
+    }
+    // Each answer (6 MB) more than the kernel buffers of a connection
+    // hold (4 MB on loopback), so an unread one cannot leave the agent.
+    const CGROUPS: usize = 1_000;
+    /// The DaemonSet's `resources.requests.memory`.
+    const REQUEST_KIB: u64 = 64 * 1024;
+    let tree = CgroupTree::new("apiflood", &["cpu", "cpuacct", "memory", "pids"]);
+    for i in 0..CGROUPS {
+        tree.mkdir(&format!("c{i}")).unwrap();
+    }
+    let agent = Agent::start(&[
+        "--housekeeping-interval",
+        "1s",
+        "--max-housekeeping-interval",
+        "1s",
+        "--raw-cgroup-prefix-whitelist",
+        &tree.prefix,
+    ]);
+    let all = format!("/api/v2.0/stats{}?recursive=true&count=-1", tree.prefix);
+    // Ten samples of each.
+    let mut size = 0;
+    wait_for(
+        "ten samples of every cgroup",
+        Duration::from_secs(30),
+        || {
+            let (status, v) = json(&agent, &all);
+            size = v.to_string().len();
+            status == 200
+                && v.as_object().is_some_and(|o| {
+                    o.len() > CGROUPS
+                        && o.values()
+                            .all(|s| s.as_array().is_some_and(|s| s.len() >= 10))
+                })
+        },
+    );
+    assert!(size > 5_000_000, "a large answer: {size} bytes");
+    let before = agent.rss_kib();
+    let request = format!("GET {all} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let held: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = agent.rss_kib();
+    assert_eq!(agent.get("/healthz", None).unwrap().status, 200);
+    let (status, v) = json(&agent, &all);
+    assert_eq!(status, 200);
+    assert!(v.as_object().unwrap().len() > CGROUPS);
+    eprintln!("RSS {before} KiB before, {during} KiB with 40 unread answers of {size} bytes");
+    assert!(
+        during < REQUEST_KIB,
+        "RSS {during} KiB with 40 unread answers (before: {before} KiB)"
+    );
+    assert!(
+        during < before + 16 * 1024,
+        "RSS {before} -> {during} KiB with 40 unread answers of {size} bytes"
+    );
+    drop(held);
+}

@@ -97,25 +97,31 @@ pub fn event_query(container: &str, q: &HashMap<String, String>) -> Result<Event
     })
 }
 
-pub async fn events_root(
-    state: State<AppState>,
-    q: Query<HashMap<String, String>>,
-) -> Result<impl IntoResponse, ApiError> {
+pub async fn events_root(state: State<AppState>, q: Query<HashMap<String, String>>) -> Response {
     events(state, Path(String::new()), q).await
 }
 
+/// The events asked for, streamed (see `json_stream`): the query copies
+/// only pointers to the stored events.
 pub async fn events(
     State(state): State<AppState>,
     Path(container): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<impl IntoResponse, ApiError> {
-    let query = event_query(&container, &q)?;
-    let store = state
-        .sources
-        .events
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    Ok(Json(store.query(&query)))
+) -> Response {
+    let query = match event_query(&container, &q) {
+        Ok(query) => query,
+        Err(e) => return e.into_response(),
+    };
+    let found = {
+        let store = state
+            .sources
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        store.query(&query)
+    };
+    let mut found = found.into_iter();
+    super::json_stream::array(move || Some(super::json_stream::item(&*found.next()?)))
 }
 
 #[cfg(test)]

@@ -6,11 +6,12 @@ use std::{collections::BTreeMap, collections::HashMap, sync::Arc, time::SystemTi
 use axum::{
     extract::{Path, Query, State},
     http::StatusCode,
+    response::{IntoResponse as _, Response},
     Json,
 };
 use serde::Serialize;
 
-use super::{api::ApiError, state::AppState};
+use super::{api::ApiError, json_stream, state::AppState};
 use crate::{
     cgroup::stats::Sample,
     clock::rfc3339,
@@ -144,10 +145,7 @@ fn spec(c: &ContainerInfo, s: Option<&Sample>, machine_memory: u64) -> Container
     }
 }
 
-pub async fn spec_root(
-    state: State<AppState>,
-    q: Query<HashMap<String, String>>,
-) -> Result<Json<BTreeMap<String, serde_json::Value>>, ApiError> {
+pub async fn spec_root(state: State<AppState>, q: Query<HashMap<String, String>>) -> Response {
     specs(state, Path(String::new()), q).await
 }
 
@@ -155,7 +153,7 @@ pub async fn specs(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<BTreeMap<String, serde_json::Value>>, ApiError> {
+) -> Response {
     let path = container_path(&raw);
     let snapshot = state.sources.registry.borrow().clone();
     let machine_memory = state
@@ -164,14 +162,19 @@ pub async fn specs(
         .borrow()
         .as_ref()
         .map_or(0, |m| m.memory_capacity);
-    let mut out = BTreeMap::new();
-    for c in select(&snapshot, &path, &q)? {
-        let latest = state.sources.cache.latest(&c.path);
-        let v =
-            serde_json::to_value(spec(c, latest.as_deref(), machine_memory)).unwrap_or_default();
-        out.insert(c.path.to_string(), v);
-    }
-    Ok(Json(out))
+    let mut selected = match select(&snapshot, &path, &q) {
+        Ok(s) => s.into_iter().cloned().collect::<Vec<_>>().into_iter(),
+        Err(e) => return e.into_response(),
+    };
+    let cache = state.sources.cache.clone();
+    json_stream::object(move || {
+        let c = selected.next()?;
+        let latest = cache.latest(&c.path);
+        Some(json_stream::entry(
+            &c.path,
+            &spec(&c, latest.as_deref(), machine_memory),
+        ))
+    })
 }
 
 fn cpu_json(s: &Sample) -> Option<serde_json::Value> {
@@ -254,35 +257,41 @@ fn stats_json(s: &Sample) -> serde_json::Value {
     })
 }
 
-pub async fn stats_root(
-    state: State<AppState>,
-    q: Query<HashMap<String, String>>,
-) -> Result<Json<BTreeMap<String, Vec<serde_json::Value>>>, ApiError> {
+pub async fn stats_root(state: State<AppState>, q: Query<HashMap<String, String>>) -> Response {
     stats(state, Path(String::new()), q).await
 }
 
+/// `count` samples of each container selected (`-1`: every one the cache
+/// holds, `--storage-duration` of them), streamed (see [`json_stream`]).
 pub async fn stats(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<BTreeMap<String, Vec<serde_json::Value>>>, ApiError> {
+) -> Response {
     let count = match q.get("count") {
         None => 64,
         Some(v) => match v.parse::<i64>() {
             Ok(n) if n < 0 => usize::MAX,
             Ok(n) => n as usize,
-            Err(_) => return Err(ApiError::bad_param("count", v, "expected an integer")),
+            Err(_) => {
+                return ApiError::bad_param("count", v, "expected an integer").into_response()
+            }
         },
     };
     let path = container_path(&raw);
     let snapshot = state.sources.registry.borrow().clone();
-    let mut out = BTreeMap::new();
-    for c in select(&snapshot, &path, &q)? {
-        let samples = state.sources.cache.recent(&c.path, count);
-        out.insert(
-            c.path.to_string(),
-            samples.iter().map(|s| stats_json(s)).collect(),
-        );
-    }
-    Ok(Json(out))
+    let mut selected = match select(&snapshot, &path, &q) {
+        Ok(s) => s.into_iter().cloned().collect::<Vec<_>>().into_iter(),
+        Err(e) => return e.into_response(),
+    };
+    let cache = state.sources.cache.clone();
+    json_stream::object(move || {
+        let c = selected.next()?;
+        let samples: Vec<serde_json::Value> = cache
+            .recent(&c.path, count)
+            .iter()
+            .map(|s| stats_json(s))
+            .collect();
+        Some(json_stream::entry(&c.path, &samples))
+    })
 }

@@ -7,6 +7,7 @@ mod containers;
 #[cfg(test)]
 mod golden;
 pub mod http;
+mod json_stream;
 pub mod metrics;
 pub mod sources;
 pub mod state;
