@@ -145,6 +145,7 @@ async fn run(config: Config) -> Result<()> {
             .as_ref()
             .map(|k| k.attached().to_vec())
             .unwrap_or_default(),
+        health: health.clone(),
     };
     status.register(&mut metrics);
     // Everything privileged is done: programs attached, the log opened.

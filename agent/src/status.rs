@@ -1,7 +1,10 @@
 //! What the agent is running with: the modes chosen at start, shown in logs
 //! and as `cgscope_mode`.
 
-use crate::telemetry::{Gauge, Labels, Metrics, Series};
+use crate::{
+    supervise::Health,
+    telemetry::{Collector, DescriptorEncoder, Family, Gauge, Labels, MetricType, Metrics, Series},
+};
 
 /// One subsystem and the mode it runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +40,8 @@ pub struct Status {
     pub modes: Vec<Mode>,
     /// Names of the attached eBPF programs.
     pub ebpf_programs: Vec<&'static str>,
+    /// A subsystem whose source is down (restarting) runs in no mode.
+    pub health: Health,
 }
 
 impl Status {
@@ -59,19 +64,10 @@ impl Status {
             "A metric with a constant '1' value labeled by version and whether the eBPF object is embedded",
             build,
         );
-        let modes = Series::<Labels<2>, Gauge>::default();
-        for mode in &self.modes {
-            for choice in mode.choices {
-                modes
-                    .get_or_create(&[("subsystem", mode.subsystem), ("mode", choice)])
-                    .set(i64::from(*choice == mode.active));
-            }
-        }
-        m.register(
-            "cgscope_mode",
-            "1 for the mode each subsystem runs in, 0 for the modes it could run in but does not",
-            modes,
-        );
+        m.register_collector(Box::new(Modes {
+            modes: self.modes.clone(),
+            health: self.health.clone(),
+        }));
         let programs = Gauge::<i64>::default();
         programs.set(self.ebpf_programs.len() as i64);
         m.register(
@@ -79,6 +75,37 @@ impl Status {
             "Number of eBPF programs the agent has attached",
             programs,
         );
+    }
+}
+
+/// `cgscope_mode`, read at each scrape: a subsystem whose source is down
+/// while it restarts has every mode at 0.
+#[derive(Debug)]
+struct Modes {
+    modes: Vec<Mode>,
+    health: Health,
+}
+
+impl Collector for Modes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let mut family = Family::new(
+            &mut encoder,
+            "cgscope_mode",
+            "1 for the mode each subsystem runs in, 0 for the modes it could run in but does not (all 0 while its source is down and restarting).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for mode in &self.modes {
+            let up = !self.health.is_down(mode.subsystem);
+            for choice in mode.choices {
+                let on = up && *choice == mode.active;
+                family.gauge(
+                    &[("subsystem", mode.subsystem), ("mode", choice)],
+                    i64::from(on),
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -136,11 +163,16 @@ mod tests {
         let status = Status {
             modes: vec![Mode::of(Demo::B)],
             ebpf_programs: vec!["cgroup_mkdir"],
+            health: Health::default(),
         };
         let mut m = Metrics::default();
         status.register(&mut m);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &m).unwrap();
+        let text = |m: &Metrics| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, m).unwrap();
+            out
+        };
+        let out = text(&m);
         for line in [
             "cgscope_mode{subsystem=\"demo\",mode=\"a\"} 0\n",
             "cgscope_mode{subsystem=\"demo\",mode=\"b\"} 1\n",
@@ -149,5 +181,10 @@ mod tests {
         ] {
             assert!(out.contains(line), "{line} in {out}");
         }
+        // Its source down: no mode at 1 until it is back.
+        status.health.down("demo", "gone".into());
+        assert!(text(&m).contains("cgscope_mode{subsystem=\"demo\",mode=\"b\"} 0\n"));
+        status.health.up("demo");
+        assert!(text(&m).contains("cgscope_mode{subsystem=\"demo\",mode=\"b\"} 1\n"));
     }
 }

@@ -5,11 +5,11 @@
 //! restart it.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     future::Future,
     panic::AssertUnwindSafe,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use tokio::{
@@ -20,19 +20,58 @@ use tokio::{
 
 use crate::errors::Chain;
 
-/// Whether every task still runs; shared with `/healthz`.
+/// Whether every task still runs, and which parts are down while they
+/// restart themselves; shared with `/healthz` and `cgscope_mode`.
 #[derive(Debug, Clone, Default)]
-pub struct Health(Arc<OnceLock<Exit>>);
+pub struct Health {
+    exit: Arc<OnceLock<Exit>>,
+    /// Subsystem → why its source is down.
+    down: Arc<Mutex<BTreeMap<&'static str, String>>>,
+}
 
 impl Health {
     /// The first task that ended, if one did.
     pub fn failed(&self) -> Option<&Exit> {
-        self.0.get()
+        self.exit.get()
     }
 
     fn fail(&self, exit: Exit) {
         // Only the first failure is the cause; the rest follow from it.
-        let _ = self.0.set(exit);
+        let _ = self.exit.set(exit);
+    }
+
+    /// `subsystem`'s source failed and is being restarted.
+    pub fn down(&self, subsystem: &'static str, why: String) {
+        self.parts().insert(subsystem, why);
+    }
+
+    /// `subsystem`'s source is back.
+    pub fn up(&self, subsystem: &'static str) {
+        self.parts().remove(subsystem);
+    }
+
+    pub fn is_down(&self, subsystem: &str) -> bool {
+        self.parts().contains_key(subsystem)
+    }
+
+    /// What is wrong, for `/healthz`: the task that ended, else the parts
+    /// that are down.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(exit) = self.failed() {
+            return Some(exit.to_string());
+        }
+        let parts = self.parts();
+        (!parts.is_empty()).then(|| {
+            parts
+                .iter()
+                .map(|(subsystem, why)| format!("{subsystem} source down, restarting: {why}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    fn parts(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
+        self.down.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -67,6 +106,11 @@ impl Tasks {
             health,
             ..Self::default()
         }
+    }
+
+    /// The health the tasks report to.
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
@@ -184,6 +228,20 @@ mod tests {
         let exit = tasks.first_exit().await;
         assert_eq!((exit.task, exit.panic.as_deref()), ("thread", Some("bang")));
         assert_eq!(exit.to_string(), "task thread panicked: bang");
+    }
+
+    #[test]
+    fn a_part_down_fails_health_until_it_is_back() {
+        let health = Health::default();
+        assert_eq!(health.problem(), None);
+        health.down("oom", "the file was removed".into());
+        assert!(health.is_down("oom"));
+        assert_eq!(
+            health.problem().as_deref(),
+            Some("oom source down, restarting: the file was removed")
+        );
+        health.up("oom");
+        assert_eq!(health.problem(), None);
     }
 
     #[tokio::test]

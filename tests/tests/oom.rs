@@ -601,3 +601,54 @@ fn a_group_kill_counts_every_member() {
         }
     }
 }
+
+/// The kernel log's reader fails (the replayed file goes away): the OOM
+/// source is down, so no OOM mode is 1 and `/healthz` fails, until the
+/// reader, retrying, reads again and counts what comes.
+#[test]
+fn a_failed_kernel_log_reader_is_down_until_it_reads_again() {
+    if !require_root("a_failed_kernel_log_reader_is_down_until_it_reads_again") {
+        return;
+    }
+    let tree = CgroupTree::new("oomreader", &["memory"]);
+    tree.mkdir("a").unwrap();
+    let a = tree.path("a");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("kmsg.log");
+    fs::write(&log, "").unwrap();
+    let agent = Agent::start(&[
+        "--oom-source",
+        "kmsg",
+        "--kmsg-path",
+        log.to_str().unwrap(),
+        "--discovery",
+        "inotify",
+    ]);
+    let kmsg_mode =
+        |m: &Metrics| m.value("cgscope_mode", &[("subsystem", "oom"), ("mode", "kmsg")]);
+    assert_eq!(kmsg_mode(&agent.scrape()), Some(1.0));
+    fs::remove_file(&log).unwrap();
+    wait_for("the source is down", Duration::from_secs(10), || {
+        agent.get("/healthz", None).unwrap().status == 503
+    });
+    let health = agent.get("/healthz", None).unwrap().body;
+    assert!(health.contains("oom source down"), "{health}");
+    let m = agent.scrape();
+    assert_eq!(kmsg_mode(&m), Some(0.0), "no OOM mode while it is down");
+    assert!(m.value("cgscope_oom_reader_restarts_total", &[]).unwrap() >= 1.0);
+    // The file is back, with a kill: read from its start.
+    fs::write(
+        &log,
+        format!(
+            "6,1,100,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg={a},task_memcg={a},task=hog,pid=4194400,uid=0\n"
+        ),
+    )
+    .unwrap();
+    wait_for("the reader is back", Duration::from_secs(20), || {
+        agent.get("/healthz", None).unwrap().status == 200
+    });
+    wait_for("the kill is counted", Duration::from_secs(10), || {
+        oom_count(&agent.scrape(), &a) == Some(1.0)
+    });
+    assert_eq!(kmsg_mode(&agent.scrape()), Some(1.0));
+}

@@ -202,12 +202,17 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// 503 once a task of the agent has ended: what it serves is going stale.
+/// 503 once a task of the agent has ended, or while a source restarts:
+/// what it serves is going stale or has gaps.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
-    match state.health.failed() {
+    match state.health.problem() {
         None => (StatusCode::OK, text, "ok".to_owned()),
-        Some(exit) => (StatusCode::SERVICE_UNAVAILABLE, text, format!("{exit}\n")),
+        Some(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            text,
+            format!("{problem}\n"),
+        ),
     }
 }
 

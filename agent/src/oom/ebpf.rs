@@ -11,25 +11,30 @@ use std::{
 use agent_common::{OomEvent, OOM_FLAG_LIMIT_FOUND, OOM_FLAG_MEMCG};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{comm_str, OomStats};
+use super::{comm_str, OomStats, Retry};
 use crate::{
     cgroup::hierarchy::{Hierarchies, Hierarchy, Version},
     clock::BootClock,
     ebpf::ring::RingReader,
     errors::Chain,
     messages::{join, Msg, OomKill},
+    supervise::Health,
 };
 
 /// Reads the ring buffer until the registry goes away; `proc` is where the
-/// victims' `/proc/<pid>` is (`--proc-root`).
+/// victims' `/proc/<pid>` is (`--proc-root`). A failed poll marks the
+/// source down in `health` and is retried (see [`Retry`]); the ring keeps
+/// what the program writes meanwhile.
 pub async fn run(
     mut ring: RingReader,
     hierarchies: Arc<Hierarchies>,
     proc: PathBuf,
     stats: Arc<OomStats>,
     tx: mpsc::Sender<Msg>,
+    health: Health,
 ) {
     let memory = hierarchies.with_controller("memory").cloned();
+    let mut retry = Retry::new(health, stats.clone());
     loop {
         let events = ring
             .next_batch(|item| {
@@ -46,10 +51,19 @@ pub async fn run(
             })
             .await;
         let events = match events {
-            Ok(e) => e,
+            Ok(e) => {
+                retry.ok();
+                e
+            }
             Err(e) => {
                 tracing::error!(error = %Chain(&e), "polling the OOM ring buffer failed");
-                return;
+                match retry.failed(format!("polling the OOM ring buffer: {e}")) {
+                    Some(wait) => {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    None => return,
+                }
             }
         };
         let clock = BootClock::now();

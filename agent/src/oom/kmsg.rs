@@ -20,24 +20,28 @@ use tokio::sync::mpsc;
 
 use super::{
     parser::{parse_record, KillReport, Parser},
-    OomStats,
+    OomStats, Retry,
 };
 use crate::{
     cgroup::hierarchy::Hierarchy,
     errors::Chain,
     messages::{Msg, OomKill},
+    supervise::Health,
 };
 
 /// Opens `path` (failing early and clearly, e.g. without CAP_SYSLOG); the
-/// reader it returns follows it, blocking, until the registry goes away or
-/// a read fails.
+/// reader it returns follows it, blocking, until the registry goes away.
+/// A read that fails marks the OOM source down in `health` and is
+/// retried (see [`Retry`]): `/dev/kmsg` on the descriptor opened here (the
+/// agent no longer has the capability to open it again), a regular file
+/// opened again from its start.
 pub fn open(
     path: &Path,
     memory: Option<Hierarchy>,
     proc: PathBuf,
     stats: Arc<OomStats>,
     tx: mpsc::Sender<Msg>,
-) -> io::Result<impl FnOnce() + Send + 'static> {
+) -> io::Result<impl FnOnce(Health) + Send + 'static> {
     let mut file = File::open(path)?;
     let is_device = file.metadata()?.file_type().is_char_device();
     if is_device {
@@ -45,7 +49,8 @@ pub fn open(
         file.seek(SeekFrom::End(0))?;
     }
     let path = path.to_path_buf();
-    Ok(move || {
+    Ok(move |health: Health| {
+        let mut retry = Retry::new(health, stats.clone());
         let mut follower = Follower {
             parser: Parser::new(),
             last_seq: None,
@@ -55,13 +60,38 @@ pub fn open(
             tx,
             boot: crate::clock::boot_time().unwrap_or(SystemTime::UNIX_EPOCH),
         };
-        let result = if is_device {
-            follower.device(file)
-        } else {
-            follower.file(file, &path)
-        };
-        if let Err(e) = result {
+        loop {
+            let result = if is_device {
+                follower.device(&mut file)
+            } else {
+                follower.file(&mut file, &path)
+            };
+            let Err(e) = result else { return };
             tracing::error!(error = %Chain(&e), path = %path.display(), "reading the kernel log failed");
+            follower.parser = Parser::new();
+            loop {
+                let Some(wait) = retry.failed(format!("reading {}: {e}", path.display())) else {
+                    return;
+                };
+                thread::sleep(wait);
+                if follower.tx.is_closed() {
+                    return;
+                }
+                let resumed = if is_device {
+                    // Records written meanwhile are not read: the kernel's
+                    // per-cgroup counters count those kills.
+                    file.seek(SeekFrom::End(0)).map(|_| ())
+                } else {
+                    File::open(&path).map(|f| file = f)
+                };
+                match resumed {
+                    Ok(()) => {
+                        retry.ok();
+                        break;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "the kernel log is still unreadable"),
+                }
+            }
         }
     })
 }
@@ -79,7 +109,7 @@ struct Follower {
 
 impl Follower {
     /// /dev/kmsg: one record per read().
-    fn device(&mut self, mut file: File) -> io::Result<()> {
+    fn device(&mut self, file: &mut File) -> io::Result<()> {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match file.read(&mut buf) {
@@ -111,7 +141,7 @@ impl Follower {
     }
 
     /// A regular file: every line is a record; at its end, wait for more.
-    fn file(&mut self, file: File, path: &PathBuf) -> io::Result<()> {
+    fn file(&mut self, file: &mut File, path: &Path) -> io::Result<()> {
         let mut reader = BufReader::new(file);
         let mut line = Vec::new();
         loop {

@@ -40,7 +40,7 @@ pub struct Source {
 
 enum Reader {
     Ebpf(Box<RingReader>),
-    Kmsg(Box<dyn FnOnce() + Send>),
+    Kmsg(Box<dyn FnOnce(crate::supervise::Health) + Send>),
     None,
 }
 
@@ -117,15 +117,16 @@ impl Source {
             stats,
             tx,
         } = self;
+        let health = tasks.health();
         let mode = match reader {
             Reader::Ebpf(ring) => {
                 tasks.spawn(
                     "oom",
-                    super::ebpf::run(*ring, hierarchies, proc, stats.clone(), tx),
+                    super::ebpf::run(*ring, hierarchies, proc, stats.clone(), tx, health),
                 );
                 Mode::Ebpf
             }
-            Reader::Kmsg(reader) => match tasks.spawn_thread("kmsg", reader) {
+            Reader::Kmsg(reader) => match tasks.spawn_thread("kmsg", move || reader(health)) {
                 Ok(()) => Mode::Kmsg,
                 Err(e) => {
                     stats.errors.record(
