@@ -136,7 +136,7 @@ fn a_task_that_ends_stops_the_agent_non_zero_naming_it() {
         kmsg.to_str().unwrap(),
     ]);
     assert_eq!(agent.get("/healthz", None).unwrap().status, 200);
-    // The reader retries for 1 + 2 + 4 + 8 + 16 s, then gives up.
+    // The reader retries for 1 + 2 + 4 + 8 s, then gives up.
     std::fs::remove_file(&kmsg).unwrap();
     let status = agent
         .wait_exit(std::time::Duration::from_secs(60))

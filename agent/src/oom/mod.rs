@@ -98,9 +98,9 @@ pub fn comm_str(bytes: &[u8]) -> String {
 }
 
 /// Failed reads in a row past which a reader gives up: its task ends, and
-/// with it the agent, for its supervisor to restart (1 + 2 + 4 + 8 + 16 s
-/// of retries first).
-const MAX_FAILURES: u32 = 5;
+/// with it the agent, for its supervisor to restart (1 + 2 + 4 + 8 s of
+/// retries first).
+const MAX_FAILURES: u32 = 4;
 
 /// An OOM reader's failures: the source is down (`/healthz` fails, no
 /// `cgscope_mode` of it is 1) from a failure until the reader is back.
