@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::{api::ApiError, json_stream, state::AppState};
 use crate::{
+    cache::StatsCache,
     cgroup::stats::Sample,
     clock::rfc3339,
     events::is_same_or_below,
@@ -28,12 +29,13 @@ pub fn not_found(path: &str) -> ApiError {
 }
 
 /// The containers a request names: one, or it and everything below with
-/// `recursive=true`.
-fn select<'a>(
-    snapshot: &'a Snapshot,
+/// `recursive=true` (pointers, for a response streamed after the
+/// snapshot has moved on).
+fn select(
+    snapshot: &Snapshot,
     path: &str,
     q: &HashMap<String, String>,
-) -> Result<Vec<&'a Arc<ContainerInfo>>, ApiError> {
+) -> Result<Vec<Arc<ContainerInfo>>, ApiError> {
     let recursive = match q.get("recursive").map(String::as_str) {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") | Some("") => true,
@@ -55,6 +57,7 @@ fn select<'a>(
                 &*c.path == path
             }
         })
+        .cloned()
         .collect();
     if found.is_empty() {
         return Err(not_found(path));
@@ -154,26 +157,34 @@ pub async fn specs(
     Path(raw): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let path = container_path(&raw);
-    let snapshot = state.sources.registry.borrow().clone();
     let machine_memory = state
         .sources
         .machine
         .borrow()
         .as_ref()
         .map_or(0, |m| m.memory_capacity);
-    let mut selected = match select(&snapshot, &path, &q) {
-        Ok(s) => s.into_iter().cloned().collect::<Vec<_>>().into_iter(),
+    each_selected(&state, &container_path(&raw), &q, move |cache, c| {
+        let latest = cache.latest(&c.path);
+        json_stream::entry(&c.path, &spec(c, latest.as_deref(), machine_memory))
+    })
+}
+
+/// Streams the entry `f` makes of each container the request selects.
+fn each_selected(
+    state: &AppState,
+    path: &str,
+    q: &HashMap<String, String>,
+    mut f: impl FnMut(&StatsCache, &ContainerInfo) -> Vec<u8> + Send + Unpin + 'static,
+) -> Response {
+    let snapshot = state.sources.registry.borrow().clone();
+    let mut selected = match select(&snapshot, path, q) {
+        Ok(s) => s.into_iter(),
         Err(e) => return e.into_response(),
     };
     let cache = state.sources.cache.clone();
     json_stream::object(move || {
         let c = selected.next()?;
-        let latest = cache.latest(&c.path);
-        Some(json_stream::entry(
-            &c.path,
-            &spec(&c, latest.as_deref(), machine_memory),
-        ))
+        Some(f(&cache, &c))
     })
 }
 
@@ -278,20 +289,12 @@ pub async fn stats(
             }
         },
     };
-    let path = container_path(&raw);
-    let snapshot = state.sources.registry.borrow().clone();
-    let mut selected = match select(&snapshot, &path, &q) {
-        Ok(s) => s.into_iter().cloned().collect::<Vec<_>>().into_iter(),
-        Err(e) => return e.into_response(),
-    };
-    let cache = state.sources.cache.clone();
-    json_stream::object(move || {
-        let c = selected.next()?;
+    each_selected(&state, &container_path(&raw), &q, move |cache, c| {
         let samples: Vec<serde_json::Value> = cache
             .recent(&c.path, count)
             .iter()
             .map(|s| stats_json(s))
             .collect();
-        Some(json_stream::entry(&c.path, &samples))
+        json_stream::entry(&c.path, &samples)
     })
 }
